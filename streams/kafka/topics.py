@@ -1,0 +1,356 @@
+"""The topic catalogue: names, partitions, cleanup, retention, contracts and who may read.
+
+One place for all of it. ``ensure_topics`` creates missing topics and brings the
+configuration of existing ones in line, so it is safe to run on every start.
+``acl_bindings`` turns the catalogue into broker ACLs (R18 least privilege).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from streams.policy.config import Topics
+from streams.policy.models import DAY_MS
+
+log = logging.getLogger(__name__)
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+# Roles (principals ``User:<role>``). Jobs write; people's teams read.
+ROUTER = "router"
+RETENTION = "retention"
+USAGE = "usage"
+SAFETY_EVALUATION = "safety-evaluation"
+GATEWAY = "gateway"
+CONTROL_PLANE = "control-plane"
+TRUST_SAFETY = "trust-safety"
+LEGAL = "legal"
+SAFETY_TEAM = "safety-team"
+TRAINING = "training"
+ANALYTICS = "analytics"
+PRIVACY_AUDIT = "privacy-audit"
+LOG_SINK = "log-sink"
+
+ROLES = (
+    ROUTER,
+    RETENTION,
+    USAGE,
+    SAFETY_EVALUATION,
+    GATEWAY,
+    CONTROL_PLANE,
+    TRUST_SAFETY,
+    LEGAL,
+    SAFETY_TEAM,
+    TRAINING,
+    ANALYTICS,
+    PRIVACY_AUDIT,
+    LOG_SINK,
+)
+
+COMPACT = "compact"
+DELETE = "delete"
+FOREVER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    field: str  # attribute of ``Topics``
+    schema: str  # file in schemas/
+    partitions: int
+    cleanup: str
+    retention_ms: int
+    writers: tuple[str, ...]
+    readers: tuple[str, ...]
+    doc: str
+
+    def name(self, topics: Topics) -> str:
+        return str(getattr(topics, self.field))
+
+    def schema_path(self) -> Path:
+        return SCHEMAS_DIR / self.schema
+
+    def configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms)}
+        if self.cleanup == COMPACT:
+            # Tombstones must outlive a consumer's restart so sinks see deletions.
+            configs["delete.retention.ms"] = str(DAY_MS)
+        return configs
+
+
+PARTITIONS = 6
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "request_logs",
+        "request_log.avsc",
+        PARTITIONS,
+        DELETE,
+        7 * DAY_MS,
+        (GATEWAY,),
+        (ROUTER,),
+        "Request logs from the API gateway, keyed by request_id.",
+    ),
+    TopicSpec(
+        "data_controls",
+        "data_control_change.avsc",
+        1,
+        COMPACT,
+        FOREVER,
+        (CONTROL_PLANE,),
+        (ROUTER, RETENTION),
+        "R12: every version of every org's data controls; keyed org/effective/change.",
+    ),
+    TopicSpec(
+        "controls_watermark",
+        "controls_watermark.avsc",
+        1,
+        COMPACT,
+        FOREVER,
+        (CONTROL_PLANE,),
+        (ROUTER, RETENTION),
+        "R12: the control plane's published-up-to time.",
+    ),
+    TopicSpec(
+        "misuse_flags",
+        "misuse_flag.avsc",
+        1,
+        COMPACT,
+        FOREVER,
+        (TRUST_SAFETY,),
+        (ROUTER, RETENTION),
+        "R5: misuse flags, latest state per flag_id.",
+    ),
+    TopicSpec(
+        "legal_holds",
+        "legal_hold.avsc",
+        1,
+        COMPACT,
+        FOREVER,
+        (LEGAL,),
+        (RETENTION,),
+        "R6: legal holds, latest state per hold_id.",
+    ),
+    TopicSpec(
+        "account_deletions",
+        "account_deletion_request.avsc",
+        1,
+        COMPACT,
+        FOREVER,
+        (CONTROL_PLANE,),
+        (ROUTER, RETENTION),
+        "R15: account deletion requests, keyed by org_id.",
+    ),
+    TopicSpec(
+        "finetune_rows",
+        "finetune_row.avsc",
+        PARTITIONS,
+        DELETE,
+        7 * DAY_MS,
+        (GATEWAY,),
+        (ROUTER,),
+        "R10: uploaded fine-tune dataset rows.",
+    ),
+    # R4: the log store is compacted and never time-expired by the broker: only
+    # the retention job deletes, so a held record can never be lost to retention.ms.
+    TopicSpec(
+        "log_store",
+        "log_store_record.avsc",
+        PARTITIONS,
+        COMPACT,
+        FOREVER,
+        (ROUTER, RETENTION),
+        (RETENTION, LOG_SINK),
+        "R4: retained request logs keyed by request_id; tombstone = deleted.",
+    ),
+    TopicSpec(
+        "deletion_events",
+        "deletion_event.avsc",
+        PARTITIONS,
+        DELETE,
+        90 * DAY_MS,
+        (RETENTION,),
+        (LOG_SINK, TRAINING, PRIVACY_AUDIT, ROUTER),
+        "R4/R15: deletions that downstream sinks must apply.",
+    ),
+    TopicSpec(
+        "safety_review",
+        "safety_review_record.avsc",
+        PARTITIONS,
+        DELETE,
+        30 * DAY_MS,
+        (RETENTION,),
+        (SAFETY_TEAM, SAFETY_EVALUATION),
+        "R5: full logs of flagged requests, for the safety team only.",
+    ),
+    TopicSpec(
+        "safety_evaluation",
+        "safety_evaluation_record.avsc",
+        PARTITIONS,
+        DELETE,
+        FOREVER,
+        (SAFETY_EVALUATION,),
+        (SAFETY_TEAM,),
+        "R8: de-identified flagged prompts/generations for safety evaluation.",
+    ),
+    TopicSpec(
+        "training_candidates",
+        "training_candidate.avsc",
+        PARTITIONS,
+        DELETE,
+        FOREVER,
+        (ROUTER,),
+        (TRAINING,),
+        "R9/R10: PII-stripped training candidates, for the training team only.",
+    ),
+    TopicSpec(
+        "usage_events",
+        "usage_event.avsc",
+        PARTITIONS,
+        DELETE,
+        7 * DAY_MS,
+        (ROUTER,),
+        (USAGE,),
+        "R3: one usage event per request, no content.",
+    ),
+    TopicSpec(
+        "usage_metrics",
+        "usage_metric.avsc",
+        PARTITIONS,
+        COMPACT,
+        FOREVER,
+        (USAGE,),
+        (ANALYTICS,),
+        "R3: hourly usage aggregates, upserts keyed org|endpoint|model|window.",
+    ),
+    TopicSpec(
+        "audit",
+        "audit_decision.avsc",
+        PARTITIONS,
+        DELETE,
+        400 * DAY_MS,
+        (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
+        (PRIVACY_AUDIT,),
+        "R16: one record per decision with its rule ids, no content.",
+    ),
+    # R17 + R4: dead letters expire with the 30 days.
+    TopicSpec(
+        "dead_letters",
+        "dead_letter.avsc",
+        PARTITIONS,
+        DELETE,
+        30 * DAY_MS,
+        (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
+        (PRIVACY_AUDIT,),
+        "R17: undecodable/invalid records with reason and source coordinates.",
+    ),
+)
+
+BY_FIELD = {spec.field: spec for spec in CATALOGUE}
+
+
+def spec_for(field: str) -> TopicSpec:
+    return BY_FIELD[field]
+
+
+def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> list[str]:
+    """Create missing topics and align configs of existing ones. Returns the names created."""
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = {spec.name(topics): spec for spec in CATALOGUE}
+    new = [
+        NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=spec.configs())
+        for name, spec in wanted.items()
+        if name not in existing
+    ]
+    created: list[str] = []
+    if new:
+        for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                future.result()
+                created.append(name)
+            except Exception as exc:  # another worker won the race: fine if it exists now
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in spec.configs().items()
+            ],
+        )
+        for name, spec in wanted.items()
+        if name in existing
+    ]
+    if resources:
+        for future in admin.incremental_alter_configs(resources).values():
+            future.result()
+    log.info("topics ensured: %d created, %d aligned", len(created), len(resources))
+    return created
+
+
+def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
+    """R18: each role may write the topics it owns and read only the topics it needs."""
+    bindings: list[AclBinding] = []
+    for spec in CATALOGUE:
+        name = spec.name(topics)
+        for role, operation in [(w, AclOperation.WRITE) for w in spec.writers] + [
+            (r, AclOperation.READ) for r in spec.readers
+        ]:
+            bindings.append(
+                AclBinding(
+                    ResourceType.TOPIC,
+                    name,
+                    ResourcePatternType.LITERAL,
+                    f"User:{role}",
+                    "*",
+                    operation,
+                    AclPermissionType.ALLOW,
+                )
+            )
+            bindings.append(
+                AclBinding(
+                    ResourceType.TOPIC,
+                    name,
+                    ResourcePatternType.LITERAL,
+                    f"User:{role}",
+                    "*",
+                    AclOperation.DESCRIBE,
+                    AclPermissionType.ALLOW,
+                )
+            )
+    for role in ROLES:
+        # Each role may use consumer groups and transactional ids named after itself.
+        for resource in (ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID):
+            for operation in (AclOperation.ALL,):
+                bindings.append(
+                    AclBinding(
+                        resource,
+                        f"{prefix_groups}{role}",
+                        ResourcePatternType.PREFIXED,
+                        f"User:{role}",
+                        "*",
+                        operation,
+                        AclPermissionType.ALLOW,
+                    )
+                )
+    return bindings
+
+
+def readers_of(field: str) -> tuple[str, ...]:
+    return spec_for(field).readers

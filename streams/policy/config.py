@@ -1,0 +1,104 @@
+"""One typed configuration for policy, thresholds and topic names.
+
+R14: the published defaults (both training toggles on, no ZDR, 30 days) live
+here and nowhere else. Every output carries ``policy_version`` so a record can
+always be traced to the rules that let it through.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from streams.policy.models import DAY_MS, DataControls
+
+# R13: opt-out selections made before this instant are kept as they were.
+MIGRATION_CUTOFF_MS = 1_691_625_600_000  # 2023-08-10T00:00:00Z
+
+POLICY_VERSION = "2026-11-21.1"
+
+# R14: the published defaults, applied to an org with no recorded settings.
+DEFAULT_CONTROLS = DataControls(
+    prompts_generations_training=True,
+    finetune_training=True,
+    zero_data_retention=False,
+    retention_days=30,
+    training_exclusion=False,
+    paying_customer=False,
+    consent_version="default",
+    recorded=False,
+)
+
+# R9 / R1: connectors whose content may never be used for training (Google
+# Workspace Data, whatever the surface). Compared case-insensitively.
+WORKSPACE_CONNECTORS = frozenset(
+    {"google_drive", "google_workspace", "google_docs", "google_sheets", "google_slides", "gmail"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names, in one place. See ``streams.kafka.topics`` for partitions, retention and ACLs."""
+
+    request_logs: str = "request-logs"
+    data_controls: str = "data-controls"
+    controls_watermark: str = "controls-watermark"
+    misuse_flags: str = "misuse-flags"
+    legal_holds: str = "legal-holds"
+    account_deletions: str = "account-deletions"
+    finetune_rows: str = "finetune-rows"
+    log_store: str = "log-store"
+    deletion_events: str = "deletion-events"
+    safety_review: str = "safety-review"
+    safety_evaluation: str = "safety-evaluation"
+    training_candidates: str = "training-candidates"
+    usage_events: str = "usage-events"
+    usage_metrics: str = "usage-metrics"
+    audit: str = "audit-decisions"
+    dead_letters: str = "dead-letters"
+
+    def with_prefix(self, prefix: str) -> Topics:
+        """Same catalogue under a prefix, so tests and demos can share one broker."""
+        return Topics(**{name: prefix + value for name, value in _fields(self).items()})
+
+    def all(self) -> dict[str, str]:
+        return _fields(self)
+
+
+def _fields(topics: Topics) -> dict[str, str]:
+    return {name: getattr(topics, name) for name in Topics.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    policy_version: str = POLICY_VERSION
+    defaults: DataControls = DEFAULT_CONTROLS
+    migration_cutoff_ms: int = MIGRATION_CUTOFF_MS
+    workspace_connectors: frozenset[str] = WORKSPACE_CONNECTORS
+    # R12: how long a request may wait for the controls watermark before it is
+    # decided without training (fail closed).
+    watermark_stall_ms: int = 5 * 60_000
+    # R17: records larger than this are dead-lettered instead of processed.
+    max_record_bytes: int = 1_000_000
+    # R4 / R17: dead letters expire with the log store's 30 days.
+    dead_letter_retention_ms: int = 30 * DAY_MS
+    # R8: safety-evaluation records keep only a coarse time bucket.
+    safety_time_bucket_ms: int = 7 * DAY_MS
+    # R4: expiry must happen within this bound after a record falls due.
+    deletion_bound_ms: int = 60_000
+    topics: Topics = field(default_factory=Topics)
+
+    def with_topics_prefix(self, prefix: str) -> PolicyConfig:
+        return replace(self, topics=self.topics.with_prefix(prefix))
+
+
+def load_config() -> PolicyConfig:
+    """Configuration from the environment; unset values keep the defaults above."""
+    config = PolicyConfig()
+    prefix = os.environ.get("STREAMS_TOPIC_PREFIX", "")
+    if prefix:
+        config = config.with_topics_prefix(prefix)
+    stall = os.environ.get("STREAMS_WATERMARK_STALL_MS")
+    if stall:
+        config = replace(config, watermark_stall_ms=int(stall))
+    return config
