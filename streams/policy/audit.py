@@ -1,0 +1,99 @@
+"""R16 audit records and R17 dead-letter records, as Avro-shaped dicts.
+
+Neither ever carries prompt, document or generation text. Both are keyed by
+their source coordinates, so a record re-processed after a crash produces the
+same ``decision_id`` and downstream readers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input record came from: topic, partition, offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def audit_record(
+    *,
+    job: str,
+    source: Source,
+    subject_id: str,
+    subject_kind: str,
+    org_id: str | None,
+    routes: Iterable[str],
+    rule_ids: Iterable[str],
+    reasons: Iterable[str],
+    consent_version: str,
+    policy_version: str,
+    decided_at_ms: int,
+    decision_suffix: str = "",
+) -> dict[str, Any]:
+    """R16: one decision, with the rule IDs that made it and no content."""
+    return {
+        "decision_id": f"{job}:{source.id}{decision_suffix}",
+        "subject_id": subject_id,
+        "subject_kind": subject_kind,
+        "org_id": org_id,
+        "job": job,
+        "routes": sorted(routes),
+        "rule_ids": sorted(set(rule_ids), key=_rule_order),
+        "reasons": list(reasons),
+        "consent_version": consent_version,
+        "policy_version": policy_version,
+        "decided_at_ms": decided_at_ms,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+    }
+
+
+def _rule_order(rule_id: str) -> tuple[int, str]:
+    digits = rule_id[1:]
+    return (int(digits), rule_id) if digits.isdigit() else (10**6, rule_id)
+
+
+def dead_letter_record(
+    *,
+    job: str,
+    source: Source,
+    reason: str,
+    error_class: str,
+    org_id: str | None,
+    original_key: bytes | None,
+    original_value: bytes | None,
+    keep_content: bool,
+    received_at_ms: int,
+    policy_version: str,
+) -> dict[str, Any]:
+    """R17: the reason and source coordinates of a bad record.
+
+    R2/R1: the original bytes are copied only when ``keep_content`` (the org is
+    identified, not ZDR, and the deployment is SaaS); otherwise they are
+    withheld and the coordinates alone let an operator find the record.
+    """
+    return {
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+        "job": job,
+        "reason": reason,
+        "error_class": error_class,
+        "org_id": org_id,
+        "original_key": original_key if keep_content else None,
+        "original_value": original_value if keep_content else None,
+        "content_withheld": not keep_content,
+        "received_at_ms": received_at_ms,
+        "policy_version": policy_version,
+    }

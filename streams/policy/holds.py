@@ -1,0 +1,127 @@
+"""Which holds cover a request: misuse flags (R5) and legal holds (R6).
+
+A hold covers a record when it names the record (REQUEST scope), or the
+record's API key (API_KEY scope) or org (ORG scope, legal holds) and the
+record's creation time falls in the hold's window. Windows are half-open
+``[start, end)``; a missing end means "until further notice". The index keeps
+the latest state per flag/hold id, so replaying a compacted topic rebuilds it.
+Used by the router (R9: a flagged request is never a training candidate) and by
+the retention job (held records are never deleted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.policy.models import FlagAction, FlagScope, HoldAction, LegalHold, MisuseFlag
+
+_OPEN_END = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    hold_id: str
+    kind: str  # "misuse" (R5) or "legal" (R6)
+    scope: str  # REQUEST | API_KEY | ORG
+    org_id: str
+    request_id: str | None
+    api_key_id: str | None
+    window_start_ms: int
+    window_end_ms: int
+    reason: str
+    placed_at_ms: int
+
+    def covers(self, org_id: str, api_key_id: str, request_id: str, created_at_ms: int) -> bool:
+        # R13: a hold never reaches across orgs, whatever else it names.
+        if org_id != self.org_id:
+            return False
+        if self.scope == FlagScope.REQUEST:
+            return request_id == self.request_id
+        if self.scope == FlagScope.API_KEY and api_key_id != self.api_key_id:
+            return False
+        return self.window_start_ms <= created_at_ms < self.window_end_ms
+
+
+def hold_from_flag(flag: MisuseFlag) -> Hold:
+    return Hold(
+        hold_id=flag.flag_id,
+        kind="misuse",
+        scope=flag.scope,
+        org_id=flag.org_id,
+        request_id=flag.request_id,
+        api_key_id=flag.api_key_id,
+        window_start_ms=flag.window_start_ms if flag.window_start_ms is not None else 0,
+        window_end_ms=flag.window_end_ms if flag.window_end_ms is not None else _OPEN_END,
+        reason=flag.reason,
+        placed_at_ms=flag.at_ms,
+    )
+
+
+def hold_from_legal(hold: LegalHold) -> Hold:
+    return Hold(
+        hold_id=hold.hold_id,
+        kind="legal",
+        scope=FlagScope.ORG,
+        org_id=hold.org_id,
+        request_id=None,
+        api_key_id=None,
+        window_start_ms=hold.window_start_ms,
+        window_end_ms=hold.window_end_ms,
+        reason=hold.matter,
+        placed_at_ms=hold.at_ms,
+    )
+
+
+class HoldIndex:
+    """Active holds per org; a released hold is removed (its release time is returned)."""
+
+    def __init__(self) -> None:
+        self._by_org: dict[str, dict[str, Hold]] = {}
+        self._released: dict[str, int] = {}
+
+    def apply_flag(self, flag: MisuseFlag) -> Hold | None:
+        """R5: raise or release a misuse flag. Returns the hold affected, or None if unknown."""
+        if flag.action == FlagAction.RAISE:
+            return self._place(hold_from_flag(flag))
+        return self._release(flag.org_id, flag.flag_id, flag.at_ms)
+
+    def apply_legal_hold(self, hold: LegalHold) -> Hold | None:
+        """R6: place or release a legal hold."""
+        if hold.action == HoldAction.PLACE:
+            return self._place(hold_from_legal(hold))
+        return self._release(hold.org_id, hold.hold_id, hold.at_ms)
+
+    def _place(self, hold: Hold) -> Hold | None:
+        if hold.hold_id in self._released:
+            # A release already seen wins over a replayed or reordered raise.
+            return None
+        self._by_org.setdefault(hold.org_id, {})[hold.hold_id] = hold
+        return hold
+
+    def _release(self, org_id: str, hold_id: str, at_ms: int) -> Hold | None:
+        self._released[hold_id] = at_ms
+        holds = self._by_org.get(org_id)
+        if not holds:
+            return None
+        return holds.pop(hold_id, None)
+
+    def covering(
+        self, org_id: str, api_key_id: str, request_id: str, created_at_ms: int, kind: str = ""
+    ) -> tuple[Hold, ...]:
+        holds = self._by_org.get(org_id)
+        if not holds:
+            return ()
+        return tuple(
+            h
+            for h in holds.values()
+            if (not kind or h.kind == kind)
+            and h.covers(org_id, api_key_id, request_id, created_at_ms)
+        )
+
+    def active(self, org_id: str | None = None) -> tuple[Hold, ...]:
+        if org_id is not None:
+            return tuple(self._by_org.get(org_id, {}).values())
+        return tuple(h for holds in self._by_org.values() for h in holds.values())
+
+    def released_at(self, hold_id: str) -> int | None:
+        return self._released.get(hold_id)
