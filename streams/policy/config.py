@@ -38,7 +38,7 @@ WORKSPACE_CONNECTORS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names, in one place. See ``streams.kafka.topics`` for partitions, retention and ACLs."""
+    """Topic names in one place; ``streams.kafka.topics`` adds partitions, retention, ACLs."""
 
     request_logs: str = "request-logs"
     data_controls: str = "data-controls"
