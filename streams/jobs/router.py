@@ -1,0 +1,347 @@
+"""The router job: every request log and fine-tune row routed exactly once.
+
+Wires the pure policy (``streams.policy.routing``) to Kafka: the R12 ledger,
+misuse flags and deletions come from compacted topics read in full by every
+worker; request logs and fine-tune rows are consumed in a consumer group and
+routed inside Kafka transactions (``streams.kafka.transactional``). Outputs:
+log store (R4), training candidates (R9-R11), usage events (R3), audit (R16),
+dead letters (R17).
+
+Run one worker:  python -m streams.jobs.router --worker-id 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Message
+
+from streams.kafka.compacted import CompactedReader
+from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
+from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
+from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.config import PolicyConfig, load_config
+from streams.policy.data_controls import DataControlsLedger
+from streams.policy.holds import HoldIndex
+from streams.policy.models import (
+    AccountDeletionRequest,
+    ControlsWatermark,
+    DataControlChange,
+    Decision,
+    Deployment,
+    MisuseFlag,
+    Route,
+)
+from streams.policy.redaction import Redactor
+from streams.policy.routing import (
+    InvalidRecord,
+    RoutingFacts,
+    WatermarkState,
+    decide_finetune_row,
+    decide_request,
+    finetune_candidate,
+    log_store_record,
+    training_candidate,
+    usage_event,
+    validate_finetune_row,
+    validate_request,
+    watermark_state,
+)
+
+log = logging.getLogger("streams.router")
+
+JOB = "router"
+_INPUTS = ("request_logs", "finetune_rows")
+_STATE = ("data_controls", "controls_watermark", "misuse_flags", "account_deletions")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Router:
+    """The router's processor: state from compacted topics, decisions per record."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        contracts: Contracts,
+        redactor: Any | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.config = config
+        self.topics = config.topics
+        self.clock = clock
+        self.redactor = redactor or Redactor()
+        self.ledger = DataControlsLedger(config.defaults)
+        self.holds = HoldIndex()
+        self.stats: Counter[str] = Counter()
+        codec = contracts.codec
+        self._codecs: dict[str, Codec] = {
+            getattr(self.topics, field): codec(field) for field in _INPUTS + _STATE
+        }
+        self._out = {
+            field: (getattr(self.topics, field), codec(field))
+            for field in (
+                "log_store",
+                "training_candidates",
+                "usage_events",
+                "audit",
+                "dead_letters",
+            )
+        }
+        self._state_outputs: list[Output] = []
+        self._state_reader: CompactedReader | None = None
+
+    # --- state topics -------------------------------------------------------------
+    def attach_state_reader(self, bootstrap_servers: str) -> CompactedReader:
+        self._state_reader = CompactedReader(
+            bootstrap_servers, [getattr(self.topics, f) for f in _STATE], self.apply_state
+        )
+        return self._state_reader
+
+    def apply_state(self, message: Message) -> None:
+        source = source_of(message)
+        value = message.value()
+        if value is None:
+            return  # a compacted-away entry; nothing to apply
+        try:
+            record = self._codecs[source.topic].decode(value)
+            t = self.topics
+            if source.topic == t.data_controls:
+                self.ledger.apply(DataControlChange(**record))
+            elif source.topic == t.controls_watermark:
+                self.ledger.advance_watermark(ControlsWatermark(**record))
+            elif source.topic == t.misuse_flags:
+                self.holds.apply_flag(MisuseFlag(**record))
+            elif source.topic == t.account_deletions:
+                deletion = AccountDeletionRequest(**record)
+                self.ledger.record_deletion(deletion.org_id, deletion.requested_at_ms)
+        except (DecodeError, TypeError) as exc:
+            reason = exc.reason if isinstance(exc, DecodeError) else "fields do not match contract"
+            # R17: a bad control record is set aside and reported; the state stays as it was.
+            self._state_outputs.extend(
+                self._dead_letter(source, message.key(), None, reason, type(exc).__name__, None)
+            )
+
+    def refresh(self) -> list[Output]:
+        if self._state_reader is not None:
+            self._state_reader.poll()
+        outputs, self._state_outputs = self._state_outputs, []
+        return outputs
+
+    # --- records ------------------------------------------------------------------
+    def process(self, message: Message) -> list[Output] | None:
+        source = source_of(message)
+        value = message.value()
+        if value is not None and len(value) > self.config.max_record_bytes:
+            return self._dead_letter(
+                source, message.key(), None, "oversize record", "Oversize", None
+            )
+        codec = self._codecs[source.topic]
+        try:
+            record = codec.decode(value)
+        except DecodeError as exc:
+            return self._dead_letter(source, message.key(), value, exc.reason, "DecodeError", None)
+        try:
+            if source.topic == self.topics.request_logs:
+                return self._route_request(source, record)
+            return self._route_finetune_row(source, record)
+        except InvalidRecord as exc:
+            return self._dead_letter(
+                source, message.key(), value, exc.reason, "InvalidRecord", record
+            )
+        except TypeError:
+            return self._dead_letter(
+                source, message.key(), value, "fields do not match contract", "TypeError", record
+            )
+
+    def _route_request(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
+        request = validate_request(record)
+        now = self.clock()
+        state = watermark_state(
+            request.created_at_ms, self.ledger.watermark_ms, now, self.config.watermark_stall_ms
+        )
+        if state == WatermarkState.WAITING and request.deployment == Deployment.SAAS:
+            return None  # R12: decided once every control change up to its creation is known
+        controls = self.ledger.controls_at(request.org_id, request.created_at_ms)
+        flags = self.holds.covering(
+            request.org_id, request.api_key_id, request.request_id, request.created_at_ms, "misuse"
+        )
+        facts = RoutingFacts(
+            watermark=state,
+            misuse_flag_ids=tuple(h.hold_id for h in flags),
+            deletion_requested=self.ledger.deletion_requested_at(request.org_id) is not None,
+        )
+        decision = decide_request(request, controls, facts, self.config)
+        outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
+        if decision.has(Route.LOG_STORE):
+            outputs.append(
+                self._emit(
+                    "log_store",
+                    request.request_id,
+                    log_store_record(request, decision, self.config),
+                )
+            )
+        if decision.has(Route.TRAINING_CANDIDATE):
+            candidate = training_candidate(request, decision, self.redactor, self.config)
+            outputs.append(self._emit("training_candidates", request.request_id, candidate))
+        outputs.append(
+            self._audit(source, request.request_id, "request", request.org_id, decision, now)
+        )
+        self._count(decision)
+        return outputs
+
+    def _route_finetune_row(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
+        row = validate_finetune_row(record)
+        now = self.clock()
+        state = watermark_state(
+            row.uploaded_at_ms, self.ledger.watermark_ms, now, self.config.watermark_stall_ms
+        )
+        if state == WatermarkState.WAITING:
+            return None
+        controls = self.ledger.controls_at(row.org_id, row.uploaded_at_ms)
+        flags = self.holds.covering(row.org_id, "", row.row_id, row.uploaded_at_ms, "misuse")
+        facts = RoutingFacts(
+            watermark=state,
+            misuse_flag_ids=tuple(h.hold_id for h in flags),
+            deletion_requested=self.ledger.deletion_requested_at(row.org_id) is not None,
+        )
+        decision = decide_finetune_row(row, controls, facts, self.config)
+        outputs = []
+        if decision.has(Route.TRAINING_CANDIDATE):
+            candidate = finetune_candidate(row, decision, self.redactor, self.config)
+            outputs.append(self._emit("training_candidates", row.row_id, candidate))
+        outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, decision, now))
+        self._count(decision)
+        return outputs
+
+    # --- outputs ------------------------------------------------------------------
+    def _emit(self, field: str, key: str, record: dict[str, Any]) -> Output:
+        topic, codec = self._out[field]
+        return Output(topic, key, codec.encode(record))
+
+    def _audit(
+        self,
+        source: Source,
+        subject_id: str,
+        kind: str,
+        org_id: str | None,
+        decision: Decision,
+        now: int,
+    ) -> Output:
+        record = audit_record(
+            job=JOB,
+            source=source,
+            subject_id=subject_id,
+            subject_kind=kind,
+            org_id=org_id,
+            routes=decision.routes,
+            rule_ids=decision.rule_ids,
+            reasons=decision.reasons,
+            consent_version=decision.consent_version,
+            policy_version=self.config.policy_version,
+            decided_at_ms=now,
+        )
+        return self._emit("audit", subject_id, record)
+
+    def _dead_letter(
+        self,
+        source: Source,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        error_class: str,
+        record: dict[str, Any] | None,
+    ) -> list[Output]:
+        """R17: set the record aside with its coordinates; copy bytes only when R1/R2 allow."""
+        org_id = record.get("org_id") if record else None
+        org_id = org_id if isinstance(org_id, str) and org_id else None
+        keep = (
+            org_id is not None
+            and record is not None
+            and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
+            and not self.ledger.ever_zero_data_retention(org_id)
+            and self.ledger.deletion_requested_at(org_id) is None
+        )
+        now = self.clock()
+        letter = dead_letter_record(
+            job=JOB,
+            source=source,
+            reason=reason,
+            error_class=error_class,
+            org_id=org_id,
+            original_key=key,
+            original_value=value,
+            keep_content=keep,
+            received_at_ms=now,
+            policy_version=self.config.policy_version,
+        )
+        self.stats["dead_letter"] += 1
+        log.warning(
+            "dead letter %s/%d/%d: %s", source.topic, source.partition, source.offset, reason
+        )
+        decision = Decision(
+            routes=frozenset({Route.DEAD_LETTER.value}),
+            rule_ids=("R17",) if keep else ("R17", "R2"),
+            reasons=(f"R17: {reason}",),
+        )
+        return [
+            self._emit("dead_letters", source.id, letter),
+            self._audit(source, source.id, "undecodable", org_id, decision, now),
+        ]
+
+    def _count(self, decision: Decision) -> None:
+        for route in decision.routes:
+            self.stats[route] += 1
+
+
+def build_router_loop(
+    bootstrap_servers: str,
+    registry_url: str,
+    config: PolicyConfig,
+    worker_id: str = "0",
+    clock: Callable[[], int] = wall_clock_ms,
+) -> tuple[TransactionalLoop, Router]:
+    contracts = Contracts(registry_client(registry_url), config.topics)
+    router = Router(config, contracts, clock=clock)
+    reader = router.attach_state_reader(bootstrap_servers)
+    reader.catch_up()
+    prefix = config.topics.request_logs.removesuffix("request-logs")
+    loop = TransactionalLoop(
+        LoopConfig(
+            bootstrap_servers=bootstrap_servers,
+            group_id=f"{prefix}router",
+            # Stable per worker: a restarted worker fences its dead predecessor.
+            transactional_id=f"{prefix}router-{worker_id}",
+            input_topics=[getattr(config.topics, f) for f in _INPUTS],
+        ),
+        router,
+    )
+    return loop, router
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one router worker.")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    parser.add_argument("--registry", default=os.environ.get("SCHEMA_REGISTRY_URL"))
+    parser.add_argument("--worker-id", default=os.environ.get("STREAMS_WORKER_ID", "0"))
+    args = parser.parse_args(argv)
+    if not args.bootstrap or not args.registry:
+        parser.error("--bootstrap and --registry (or their environment variables) are required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    loop, router = build_router_loop(args.bootstrap, args.registry, load_config(), args.worker_id)
+    loop.install_signal_handlers()
+    log.info("router worker %s started", args.worker_id)
+    loop.run()
+    log.info("router worker %s stopped: %s", args.worker_id, dict(router.stats))
+
+
+if __name__ == "__main__":
+    main()

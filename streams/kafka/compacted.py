@@ -1,0 +1,82 @@
+"""Read compacted state topics (data controls, watermark, flags, deletions) in full.
+
+Every worker reads these topics from the beginning, outside any consumer group,
+so a restart rebuilds the same state (R12: "restart rebuilds the ledger from
+the topic") and every worker of a group sees every org's settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class CompactedReader:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Sequence[str],
+        on_message: Callable[[Message], None],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "unused-state-reader",  # required by librdkafka; never committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        }
+        conf.update(extra or {})
+        self._consumer = Consumer(conf)
+        self._on_message = on_message
+        metadata = self._consumer.list_topics(timeout=30)
+        partitions = []
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                raise RuntimeError(f"state topic {topic} does not exist")
+            partitions += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions]
+        self._partitions = partitions
+        self._consumer.assign(partitions)
+        self.applied = 0
+
+    def poll(self, max_messages: int = 5000, timeout_s: float = 0.0) -> int:
+        """Apply whatever has arrived; never blocks longer than ``timeout_s``."""
+        messages = self._consumer.consume(max_messages, timeout_s)
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("state reader error: %s", error)
+                continue
+            self._on_message(message)
+        self.applied += len(messages)
+        return len(messages)
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Read up to the end offsets as of now, so decisions start on complete state."""
+        ends = {}
+        for tp in self._partitions:
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            ends[(tp.topic, tp.partition)] = high
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while time.monotonic() < deadline:
+            positions = self._consumer.position([TopicPartition(t, p) for (t, p) in ends])
+            behind = [tp for tp in positions if ends[(tp.topic, tp.partition)] > max(tp.offset, 0)]
+            # A transaction marker can sit at the end offset and is never delivered:
+            # a partition that stays quiet for a second is at its end.
+            if not behind or idle >= 5:
+                return
+            idle = idle + 1 if self.poll(timeout_s=0.2) == 0 else 0
+        raise TimeoutError("state topics not read to their end in time")
+
+    def close(self) -> None:
+        self._consumer.close()

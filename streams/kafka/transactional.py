@@ -1,0 +1,235 @@
+"""Exactly-once consume -> transform -> produce with Kafka transactions.
+
+The loop reads with ``isolation.level=read_committed``, hands each record to a
+``Processor`` and writes everything the processor returns, together with the
+consumed offsets, in one transaction (``send_offsets_to_transaction`` with the
+group metadata, KIP-447 fencing). A crash at any point either commits a batch
+whole or not at all, so outputs are never lost nor duplicated.
+
+A processor may *defer* a record (return ``None``): the record stays buffered,
+its partition is paused, and its offset is not committed until it is decided.
+The router uses that to wait for the R12 controls watermark without losing
+order or exactly-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.policy.audit import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str
+    key: bytes | str | None
+    value: bytes | None  # None is a tombstone
+
+
+class Processor(Protocol):
+    def refresh(self) -> list[Output]:
+        """Called every loop turn before consuming: update state, return outputs to flush."""
+        ...
+
+    def process(self, message: Message) -> list[Output] | None:
+        """Outputs for one input record, or None to defer it (it will be offered again)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    bootstrap_servers: str
+    group_id: str
+    transactional_id: str
+    input_topics: Sequence[str]
+    batch_size: int = 1000
+    poll_timeout_s: float = 0.05
+    transaction_timeout_ms: int = 15_000
+    extra_consumer: dict[str, Any] | None = None
+    extra_producer: dict[str, Any] | None = None
+
+
+class TransactionalLoop:
+    def __init__(self, config: LoopConfig, processor: Processor) -> None:
+        self.config = config
+        self.processor = processor
+        self._running = False
+        self._pending: dict[tuple[str, int], deque[Message]] = {}
+        self._paused: set[tuple[str, int]] = set()
+        self._seen: dict[tuple[str, int], int] = {}
+        self.consumed = 0
+        self.produced = 0
+        self.transactions = 0
+        consumer_conf: dict[str, Any] = {
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": config.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        }
+        consumer_conf.update(config.extra_consumer or {})
+        producer_conf: dict[str, Any] = {
+            "bootstrap.servers": config.bootstrap_servers,
+            "transactional.id": config.transactional_id,
+            "transaction.timeout.ms": config.transaction_timeout_ms,
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }
+        producer_conf.update(config.extra_producer or {})
+        self.consumer = Consumer(consumer_conf)
+        self.producer = Producer(producer_conf)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._running = False
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Process until stopped (or ``until()`` is true), then close cleanly."""
+        # Fences any earlier incarnation with the same transactional id and aborts
+        # the transaction it left open, so a restarted worker never duplicates.
+        self.producer.init_transactions(30)
+        self.consumer.subscribe(
+            list(self.config.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        self._running = True
+        try:
+            while self._running and not (until and until()):
+                self.step()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.flush(10)
+
+    # --- one turn ---------------------------------------------------------------
+    def step(self) -> None:
+        outputs = list(self.processor.refresh())
+        offsets: dict[tuple[str, int], int] = {}
+        self._drain_pending(outputs, offsets)
+        messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error)
+                    if error.fatal():
+                        raise KafkaException(error)
+                continue
+            source = source_of(message)
+            tp, offset = (source.topic, source.partition), source.offset
+            if offset <= self._seen.get(tp, -1):
+                continue  # redelivered after pause/resume: already buffered or done
+            self._seen[tp] = offset
+            self.consumed += 1
+            pending = self._pending.get(tp)
+            if pending:
+                pending.append(message)
+                continue
+            result = self.processor.process(message)
+            if result is None:
+                self._defer(tp, message)
+                continue
+            outputs.extend(result)
+            offsets[tp] = offset + 1
+        if outputs or offsets:
+            self._commit(outputs, offsets)
+
+    def _drain_pending(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
+        for tp, pending in self._pending.items():
+            while pending:
+                result = self.processor.process(pending[0])
+                if result is None:
+                    break
+                outputs.extend(result)
+                offsets[tp] = source_of(pending.popleft()).offset + 1
+            if not pending and tp in self._paused:
+                self.consumer.resume([TopicPartition(*tp)])
+                self._paused.discard(tp)
+
+    def _defer(self, tp: tuple[str, int], message: Message) -> None:
+        self._pending.setdefault(tp, deque()).append(message)
+        if tp not in self._paused:
+            self.consumer.pause([TopicPartition(*tp)])
+            self._paused.add(tp)
+
+    def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            for out in outputs:
+                self._produce(out)
+            if offsets:
+                producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self.consumer.consumer_group_metadata(),
+                )
+            producer.commit_transaction()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                log.warning("transaction aborted, rewinding to committed offsets: %s", error)
+                producer.abort_transaction()
+                self._rewind()
+                return
+            raise
+        self.produced += len(outputs)
+        self.transactions += 1
+
+    def _produce(self, out: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(out.topic, key=out.key, value=out.value)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _rewind(self) -> None:
+        assignment = self.consumer.assignment()
+        committed = self.consumer.committed(assignment, timeout=10)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else 0
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            key = (tp.topic, tp.partition)
+            self._pending.pop(key, None)
+            self._seen.pop(key, None)
+
+    # --- rebalance ---------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %d partitions", len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Uncommitted work on revoked partitions is dropped; the new owner resumes
+        # from the committed offsets, so nothing is lost and nothing doubled.
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._pending.pop(key, None)
+            self._seen.pop(key, None)
+            self._paused.discard(key)
+        log.info("revoked %d partitions", len(partitions))
+
+
+def source_of(message: Message) -> Source:
+    """The coordinates of a consumed record (never None for a record without error)."""
+    return Source(str(message.topic()), int(message.partition() or 0), int(message.offset() or 0))
