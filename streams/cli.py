@@ -15,50 +15,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ensure_topics
 from streams.policy.config import PolicyConfig, load_config
-
-
-def read_topic(
-    bootstrap_servers: str, topic: str, idle_timeout_s: float = 2.0
-) -> Iterator[tuple[bytes | None, bytes | None, int, int]]:
-    """Every committed record of ``topic`` from the beginning: (key, value, partition, offset)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"streams-reader-{os.getpid()}-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=15).topics[topic]
-        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
-        ends = {}
-        for tp in partitions:
-            ends[tp.partition] = consumer.get_watermark_offsets(tp, timeout=10)[1]
-        consumer.assign(partitions)
-        remaining = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + idle_timeout_s
-        while remaining and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.2):
-                if message.error() is not None:
-                    continue
-                partition = int(message.partition() or 0)
-                offset = int(message.offset() or 0)
-                deadline = time.monotonic() + idle_timeout_s
-                if offset + 1 >= ends[partition]:
-                    remaining.discard(partition)
-                yield message.key(), message.value(), partition, offset
-    finally:
-        consumer.close()
 
 
 def explain(

@@ -8,8 +8,9 @@ the topic") and every worker of a group sees every org's settings.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -80,3 +81,38 @@ class CompactedReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def read_topic(
+    bootstrap_servers: str, topic: str, idle_timeout_s: float = 2.0
+) -> Iterator[tuple[bytes | None, bytes | None, int, int]]:
+    """Every committed record of ``topic`` from the beginning: (key, value, partition, offset)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"streams-reader-{os.getpid()}-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=15).topics[topic]
+        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        ends = {}
+        for tp in partitions:
+            ends[tp.partition] = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        consumer.assign(partitions)
+        remaining = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + idle_timeout_s
+        while remaining and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is not None:
+                    continue
+                partition = int(message.partition() or 0)
+                offset = int(message.offset() or 0)
+                deadline = time.monotonic() + idle_timeout_s
+                if offset + 1 >= ends[partition]:
+                    remaining.discard(partition)
+                yield message.key(), message.value(), partition, offset
+    finally:
+        consumer.close()
