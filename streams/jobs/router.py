@@ -284,6 +284,7 @@ class Router:
             policy_version=self.config.policy_version,
         )
         self.stats["dead_letter"] += 1
+        self.stats["decisions"] += 1
         log.warning(
             "dead letter %s/%d/%d: %s", source.topic, source.partition, source.offset, reason
         )
@@ -298,6 +299,7 @@ class Router:
         ]
 
     def _count(self, decision: Decision) -> None:
+        self.stats["decisions"] += 1
         for route in decision.routes:
             self.stats[route] += 1
 
@@ -308,18 +310,19 @@ def build_router_loop(
     config: PolicyConfig,
     worker_id: str = "0",
     clock: Callable[[], int] = wall_clock_ms,
+    group_id: str | None = None,
 ) -> tuple[TransactionalLoop, Router]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     router = Router(config, contracts, clock=clock)
     reader = router.attach_state_reader(bootstrap_servers)
     reader.catch_up()
-    prefix = config.topics.request_logs.removesuffix("request-logs")
+    group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
     loop = TransactionalLoop(
         LoopConfig(
             bootstrap_servers=bootstrap_servers,
-            group_id=f"{prefix}router",
+            group_id=group,
             # Stable per worker: a restarted worker fences its dead predecessor.
-            transactional_id=f"{prefix}router-{worker_id}",
+            transactional_id=f"{group}-{worker_id}",
             input_topics=[getattr(config.topics, f) for f in _INPUTS],
         ),
         router,

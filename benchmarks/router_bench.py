@@ -1,0 +1,184 @@
+"""Router throughput on the real local broker, against a passthrough baseline from the same run.
+
+Generated traffic (prompts ~500 chars, generations ~800, 10% ZDR orgs, 20%
+opted out, 5% Drive connector) is written once; then, alternately, a plain
+consume -> decode -> encode -> produce passthrough (same client, same
+transactional loop, same Avro codec) and one router worker read all of it.
+Prints records/second per run, medians, and router/passthrough ratio.
+
+    .venv/bin/python benchmarks/router_bench.py [--records 200000] [--rounds 3]
+
+Not a test: the machine is noisy, so read the medians and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Message, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from streams.jobs.router import build_router_loop  # noqa: E402
+from streams.kafka.serde import Contracts, registry_client  # noqa: E402
+from streams.kafka.topics import ensure_topics  # noqa: E402
+from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop  # noqa: E402
+from streams.policy.config import PolicyConfig  # noqa: E402
+from streams.traffic import TrafficGenerator  # noqa: E402
+
+
+class Timed:
+    """Wraps a processor; records when the first and last record were handled."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    def refresh(self) -> list[Output]:
+        return list(self.inner.refresh())
+
+    def process(self, message: Message) -> list[Output] | None:
+        if not self.count:
+            self.first = time.perf_counter()
+        result = self.inner.process(message)
+        if result is not None:
+            self.count += 1
+            self.last = time.perf_counter()
+        return result
+
+    def rate(self) -> float:
+        return self.count / (self.last - self.first) if self.last > self.first else 0.0
+
+
+class Passthrough:
+    def __init__(self, contracts: Contracts, out_topic: str) -> None:
+        self.codec = contracts.codec("request_logs")
+        self.out_topic = out_topic
+
+    def refresh(self) -> list[Output]:
+        return []
+
+    def process(self, message: Message) -> list[Output]:
+        record = self.codec.decode(message.value())
+        return [Output(self.out_topic, message.key(), self.codec.encode(record))]
+
+
+def run(loop: TransactionalLoop, timed: Timed, records: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    loop.run(until=lambda: timed.count >= records or time.monotonic() > deadline)
+    if timed.count < records:
+        print(f"  warning: only {timed.count}/{records} records in {timeout_s}s")
+    return timed.rate()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        registry_url = os.environ.get("SCHEMA_REGISTRY_URL")
+        if not bootstrap:
+            from streams.infra.broker import LocalKafka
+
+            bootstrap = stack.enter_context(LocalKafka()).bootstrap_servers
+        if not registry_url:
+            from streams.infra.registry import LocalSchemaRegistry
+
+            registry_url = stack.enter_context(LocalSchemaRegistry()).url
+
+        config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        ensure_topics(admin, config.topics)
+        passthrough_topic = config.topics.request_logs + ".passthrough"
+        admin.create_topics([NewTopic(passthrough_topic, 6, 1)])["" + passthrough_topic].result()
+        contracts = Contracts(registry_client(registry_url), config.topics)
+        contracts.register_all()
+
+        now = int(time.time() * 1000)
+        traffic = TrafficGenerator(start_ms=now - 3_600_000)
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "batch.num.messages": 10_000,
+            }
+        )
+        controls = contracts.codec("data_controls")
+        for change in traffic.control_changes():
+            producer.produce(config.topics.data_controls, value=controls.encode(change))
+        wm = contracts.codec("controls_watermark").encode(
+            {"watermark_ms": now, "published_at_ms": now}
+        )
+        producer.produce(config.topics.controls_watermark, key="watermark", value=wm)
+        codec = contracts.codec("request_logs")
+        t0 = time.perf_counter()
+        for i in range(args.records):
+            r = traffic.request(now - 3_600_000 + i)
+            while True:
+                try:
+                    producer.produce(
+                        config.topics.request_logs, key=r["request_id"], value=codec.encode(r)
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.flush(120)
+        print(
+            f"wrote {args.records} request logs in {time.perf_counter() - t0:.1f}s "
+            f"({sys.getsizeof(codec.encode(r))} bytes each, approx.)"
+        )
+
+        base_rates: list[float] = []
+        router_rates: list[float] = []
+        timeout = max(120.0, args.records / 2000)
+        for round_ in range(args.rounds):
+            group = f"{config.topics.request_logs}.pass{round_}"
+            timed = Timed(Passthrough(contracts, passthrough_topic))
+            loop = TransactionalLoop(
+                LoopConfig(bootstrap, group, f"{group}-0", [config.topics.request_logs]), timed
+            )
+            base_rates.append(run(loop, timed, args.records, timeout))
+
+            loop, router = build_router_loop(
+                bootstrap,
+                registry_url,
+                config,
+                group_id=f"{config.topics.request_logs}.router{round_}",
+            )
+            timed = Timed(router)
+            loop.processor = timed
+            router_rates.append(run(loop, timed, args.records, timeout))
+            print(
+                f"round {round_ + 1}: passthrough {base_rates[-1]:,.0f} rec/s, "
+                f"router {router_rates[-1]:,.0f} rec/s, "
+                f"ratio {router_rates[-1] / base_rates[-1]:.2f}"
+            )
+            if round_ == 0:
+                print(f"  router routes: {dict(router.stats)}")
+
+        base = statistics.median(base_rates)
+        routed = statistics.median(router_rates)
+        print()
+        print(f"records per run            {args.records:,}")
+        print(f"passthrough median         {base:,.0f} records/s (one worker)")
+        print(f"router median              {routed:,.0f} records/s (one worker)")
+        print(f"ratio router/passthrough   {routed / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
