@@ -13,6 +13,7 @@ for the R18 least-privilege tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -279,10 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     with LocalKafka() as kafka:
         print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}  (Ctrl-C to stop)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
     sys.exit(0)
 
 
