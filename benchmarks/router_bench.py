@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from streams.jobs.router import build_router_loop  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
-from streams.kafka.topics import ensure_topics  # noqa: E402
+from streams.kafka.topics import ensure_topics, key_for  # noqa: E402
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop  # noqa: E402
 from streams.policy.config import PolicyConfig  # noqa: E402
 from streams.traffic import TrafficGenerator  # noqa: E402
@@ -120,7 +120,11 @@ def main() -> None:
         )
         controls = contracts.codec("data_controls")
         for change in traffic.control_changes():
-            producer.produce(config.topics.data_controls, value=controls.encode(change))
+            producer.produce(
+                config.topics.data_controls,
+                key=key_for("data_controls", change),
+                value=controls.encode(change),
+            )
         wm = contracts.codec("controls_watermark").encode(
             {"watermark_ms": now, "published_at_ms": now}
         )

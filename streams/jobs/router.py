@@ -97,6 +97,7 @@ class Router:
             )
         }
         self._state_outputs: list[Output] = []
+        self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
 
     # --- state topics -------------------------------------------------------------
@@ -117,7 +118,10 @@ class Router:
             if source.topic == t.data_controls:
                 self.ledger.apply(DataControlChange(**record))
             elif source.topic == t.controls_watermark:
-                self.ledger.advance_watermark(ControlsWatermark(**record))
+                # R12: the watermark vouches for changes *published* before it; it only
+                # counts once this worker has also *read* them (see refresh).
+                ends = self._state_reader.end_offsets(t.data_controls) if self._state_reader else {}
+                self._watermarks.append((ControlsWatermark(**record), ends))
             elif source.topic == t.misuse_flags:
                 self.holds.apply_flag(MisuseFlag(**record))
             elif source.topic == t.account_deletions:
@@ -131,8 +135,11 @@ class Router:
             )
 
     def refresh(self) -> list[Output]:
-        if self._state_reader is not None:
-            self._state_reader.poll()
+        reader = self._state_reader
+        if reader is not None:
+            reader.poll()
+        while self._watermarks and (reader is None or reader.reached(self._watermarks[0][1])):
+            self.ledger.advance_watermark(self._watermarks.pop(0)[0])
         outputs, self._state_outputs = self._state_outputs, []
         return outputs
 

@@ -61,22 +61,35 @@ class CompactedReader:
         self.applied += len(messages)
         return len(messages)
 
+    def end_offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
+        """The current end offset of each partition (of ``topic``, or of every topic read)."""
+        return {
+            (tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+            for tp in self._partitions
+            if topic is None or tp.topic == topic
+        }
+
+    def reached(self, ends: dict[tuple[str, int], int]) -> bool:
+        """Whether everything before ``ends`` has been applied."""
+        wanted = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
+        if not wanted:
+            return True
+        positions = self._consumer.position(wanted)
+        return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions)
+
     def catch_up(self, timeout_s: float = 60.0) -> None:
-        """Read up to the end offsets as of now, so decisions start on complete state."""
-        ends = {}
-        for tp in self._partitions:
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            ends[(tp.topic, tp.partition)] = high
+        """Apply everything published before now, so decisions start on complete state."""
+        ends = self.end_offsets()
         deadline = time.monotonic() + timeout_s
-        idle = 0
+        quiet = 0
         while time.monotonic() < deadline:
-            positions = self._consumer.position([TopicPartition(t, p) for (t, p) in ends])
-            behind = [tp for tp in positions if ends[(tp.topic, tp.partition)] > max(tp.offset, 0)]
-            # A transaction marker can sit at the end offset and is never delivered:
-            # a partition that stays quiet for a second is at its end.
-            if not behind or idle >= 5:
+            if self.reached(ends):
                 return
-            idle = idle + 1 if self.poll(timeout_s=0.2) == 0 else 0
+            quiet = quiet + 1 if self.poll(timeout_s=0.2) == 0 else 0
+            # A transaction marker at the very end is never delivered, so the position can
+            # stop one short of the end: accept a partition set that is quiet for 3 s then.
+            if quiet >= 15 and self.reached({k: v - 1 for k, v in ends.items()}):
+                return
         raise TimeoutError("state topics not read to their end in time")
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ so a dead letter or log line cannot leak a prompt (R2, R17).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -127,5 +128,10 @@ class Contracts:
         return {spec.field: self.codec(spec.field).schema_id for spec in CATALOGUE}
 
 
+@functools.cache
 def registry_client(url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": url})
+    """One client per registry URL per process (its caches are then shared by every codec).
+
+    ``mock://...`` gives confluent-kafka's in-memory registry: unit tests only.
+    """
+    return SchemaRegistryClient.new_client({"url": url})

@@ -8,8 +8,10 @@ configuration of existing ones in line, so it is safe to run on every start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import (
     AclBinding,
@@ -77,6 +79,7 @@ class TopicSpec:
     writers: tuple[str, ...]
     readers: tuple[str, ...]
     doc: str
+    key_fields: tuple[str, ...] = ()  # the record fields the key is made of, joined by "/"
 
     def name(self, topics: Topics) -> str:
         return str(getattr(topics, self.field))
@@ -104,6 +107,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (GATEWAY,),
         (ROUTER,),
         "Request logs from the API gateway, keyed by request_id.",
+        key_fields=("request_id",),
     ),
     TopicSpec(
         "data_controls",
@@ -114,6 +118,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (CONTROL_PLANE,),
         (ROUTER, RETENTION),
         "R12: every version of every org's data controls; keyed org/effective/change.",
+        key_fields=("org_id", "effective_at_ms", "change_id"),
     ),
     TopicSpec(
         "controls_watermark",
@@ -124,6 +129,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (CONTROL_PLANE,),
         (ROUTER, RETENTION),
         "R12: the control plane's published-up-to time.",
+        key_fields=(),
     ),
     TopicSpec(
         "misuse_flags",
@@ -134,6 +140,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (TRUST_SAFETY,),
         (ROUTER, RETENTION),
         "R5: misuse flags, latest state per flag_id.",
+        key_fields=("flag_id",),
     ),
     TopicSpec(
         "legal_holds",
@@ -144,6 +151,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (LEGAL,),
         (RETENTION,),
         "R6: legal holds, latest state per hold_id.",
+        key_fields=("hold_id",),
     ),
     TopicSpec(
         "account_deletions",
@@ -154,6 +162,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (CONTROL_PLANE,),
         (ROUTER, RETENTION),
         "R15: account deletion requests, keyed by org_id.",
+        key_fields=("org_id",),
     ),
     TopicSpec(
         "finetune_rows",
@@ -164,6 +173,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (GATEWAY,),
         (ROUTER,),
         "R10: uploaded fine-tune dataset rows.",
+        key_fields=("dataset_id", "row_index"),
     ),
     # R4: the log store is compacted and never time-expired by the broker: only
     # the retention job deletes, so a held record can never be lost to retention.ms.
@@ -176,6 +186,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (ROUTER, RETENTION),
         (RETENTION, LOG_SINK),
         "R4: retained request logs keyed by request_id; tombstone = deleted.",
+        key_fields=("request_id",),
     ),
     TopicSpec(
         "deletion_events",
@@ -186,6 +197,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (RETENTION,),
         (LOG_SINK, TRAINING, PRIVACY_AUDIT, ROUTER),
         "R4/R15: deletions that downstream sinks must apply.",
+        key_fields=("request_id",),
     ),
     TopicSpec(
         "safety_review",
@@ -196,6 +208,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (RETENTION,),
         (SAFETY_TEAM, SAFETY_EVALUATION),
         "R5: full logs of flagged requests, for the safety team only.",
+        key_fields=("flag_id", "request_id"),
     ),
     TopicSpec(
         "safety_evaluation",
@@ -206,6 +219,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (SAFETY_EVALUATION,),
         (SAFETY_TEAM,),
         "R8: de-identified flagged prompts/generations for safety evaluation.",
+        key_fields=("evaluation_id",),
     ),
     TopicSpec(
         "training_candidates",
@@ -216,6 +230,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (ROUTER,),
         (TRAINING,),
         "R9/R10: PII-stripped training candidates, for the training team only.",
+        key_fields=("source_id",),
     ),
     TopicSpec(
         "usage_events",
@@ -226,6 +241,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (ROUTER,),
         (USAGE,),
         "R3: one usage event per request, no content.",
+        key_fields=("org_id",),
     ),
     TopicSpec(
         "usage_metrics",
@@ -236,6 +252,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (USAGE,),
         (ANALYTICS,),
         "R3: hourly usage aggregates, upserts keyed org|endpoint|model|window.",
+        key_fields=("org_id", "endpoint", "model", "window_start_ms"),
     ),
     TopicSpec(
         "audit",
@@ -246,6 +263,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
         (PRIVACY_AUDIT,),
         "R16: one record per decision with its rule ids, no content.",
+        key_fields=("subject_id",),
     ),
     # R17 + R4: dead letters expire with the 30 days.
     TopicSpec(
@@ -257,6 +275,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
         (PRIVACY_AUDIT,),
         "R17: undecodable/invalid records with reason and source coordinates.",
+        key_fields=("source_topic", "source_partition", "source_offset"),
     ),
 )
 
@@ -265,6 +284,16 @@ BY_FIELD = {spec.field: spec for spec in CATALOGUE}
 
 def spec_for(field: str) -> TopicSpec:
     return BY_FIELD[field]
+
+
+def key_for(field: str, record: Mapping[str, Any]) -> str:
+    """The key a record of topic ``field`` is written with (compaction and partitioning use it).
+
+    Data-control changes are keyed by org, effective time and change id, so that
+    compaction keeps every version of an org's settings (R12 needs the history).
+    """
+    fields = spec_for(field).key_fields
+    return "/".join(str(record[name]) for name in fields) if fields else field
 
 
 def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> list[str]:

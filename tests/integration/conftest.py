@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import ensure_topics, key_for
 from streams.policy.config import PolicyConfig
 
 
@@ -52,10 +52,18 @@ class Stack:
         topic = getattr(self.config.topics, field)
         codec = self.contracts.codec(field)
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        errors: list[object] = []
         for key, value in records:
-            payload = value if isinstance(value, bytes) or value is None else codec.encode(value)
-            producer.produce(topic, key=key, value=payload)
+            if isinstance(value, bytes) or value is None:
+                payload = value
+            else:
+                payload = codec.encode(value)
+                key = key if key is not None else key_for(field, value)
+            producer.produce(
+                topic, key=key, value=payload, on_delivery=lambda err, _: errors.append(err)
+            )
         assert producer.flush(30) == 0
+        assert not [e for e in errors if e is not None], errors
 
     def read(self, field: str, idle_timeout_s: float = 1.0) -> list[tuple[str | None, Any]]:
         """Every committed record of the topic, decoded; tombstones as (key, None)."""
