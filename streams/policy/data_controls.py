@@ -45,6 +45,10 @@ class _OrgHistory:
     snapshots: list[DataControls]
 
 
+def _effective_at(key: tuple[int, str]) -> int:
+    return key[0]
+
+
 class DataControlsLedger:
     """Versioned data controls per org (R12), R14 defaults for orgs never recorded."""
 
@@ -91,8 +95,10 @@ class DataControlsLedger:
         history = self._orgs.get(org_id)
         if history is None:
             return self._defaults
-        # A change effective exactly at at_ms applies (it "took effect" then).
-        index = bisect.bisect_right(history.keys, (at_ms, "\U0010ffff"))
+        # A change effective exactly at at_ms applies (it "took effect" then), whatever its
+        # change id: search on the effective time alone (a "\U0010ffff" sentinel in the key
+        # missed ids that sort after it).
+        index = bisect.bisect_right(history.keys, at_ms, key=_effective_at)
         return history.snapshots[index - 1] if index else self._defaults
 
     def ever_zero_data_retention(self, org_id: str) -> bool:

@@ -73,37 +73,42 @@ def hold_from_legal(hold: LegalHold) -> Hold:
 
 
 class HoldIndex:
-    """Active holds per org; a released hold is removed (its release time is returned)."""
+    """Active holds per org; a released hold is removed (its release time is returned).
+
+    R13 / R6: holds are keyed by (org, kind, id). Trust & safety and legal number
+    their ids independently and orgs share no id space, so a release only ever
+    lifts (or pre-empts) the hold of its own org and kind.
+    """
 
     def __init__(self) -> None:
-        self._by_org: dict[str, dict[str, Hold]] = {}
-        self._released: dict[str, int] = {}
+        self._by_org: dict[str, dict[tuple[str, str], Hold]] = {}
+        self._released: dict[tuple[str, str, str], int] = {}
 
     def apply_flag(self, flag: MisuseFlag) -> Hold | None:
         """R5: raise or release a misuse flag. Returns the hold affected, or None if unknown."""
         if flag.action == FlagAction.RAISE:
             return self._place(hold_from_flag(flag))
-        return self._release(flag.org_id, flag.flag_id, flag.at_ms)
+        return self._release(flag.org_id, "misuse", flag.flag_id, flag.at_ms)
 
     def apply_legal_hold(self, hold: LegalHold) -> Hold | None:
         """R6: place or release a legal hold."""
         if hold.action == HoldAction.PLACE:
             return self._place(hold_from_legal(hold))
-        return self._release(hold.org_id, hold.hold_id, hold.at_ms)
+        return self._release(hold.org_id, "legal", hold.hold_id, hold.at_ms)
 
     def _place(self, hold: Hold) -> Hold | None:
-        if hold.hold_id in self._released:
+        if (hold.org_id, hold.kind, hold.hold_id) in self._released:
             # A release already seen wins over a replayed or reordered raise.
             return None
-        self._by_org.setdefault(hold.org_id, {})[hold.hold_id] = hold
+        self._by_org.setdefault(hold.org_id, {})[(hold.kind, hold.hold_id)] = hold
         return hold
 
-    def _release(self, org_id: str, hold_id: str, at_ms: int) -> Hold | None:
-        self._released[hold_id] = at_ms
+    def _release(self, org_id: str, kind: str, hold_id: str, at_ms: int) -> Hold | None:
+        self._released[(org_id, kind, hold_id)] = at_ms
         holds = self._by_org.get(org_id)
         if not holds:
             return None
-        return holds.pop(hold_id, None)
+        return holds.pop((kind, hold_id), None)
 
     def covering(
         self, org_id: str, api_key_id: str, request_id: str, created_at_ms: int, kind: str = ""
@@ -123,5 +128,11 @@ class HoldIndex:
             return tuple(self._by_org.get(org_id, {}).values())
         return tuple(h for holds in self._by_org.values() for h in holds.values())
 
-    def released_at(self, hold_id: str) -> int | None:
-        return self._released.get(hold_id)
+    def released_at(self, hold_id: str, org_id: str | None = None, kind: str = "") -> int | None:
+        """When ``hold_id`` was released (latest match when org/kind are not given)."""
+        times = [
+            at
+            for (org, k, hid), at in self._released.items()
+            if hid == hold_id and (org_id is None or org == org_id) and (not kind or k == kind)
+        ]
+        return max(times) if times else None

@@ -13,6 +13,7 @@ Fail closed: every branch that is unsure removes a route, never adds one.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -111,10 +112,18 @@ def validate_finetune_row(record: Mapping[str, Any]) -> FineTuneRow:
     return row
 
 
+# R9: markers of Google Workspace content anywhere in a connector name, separators removed
+# ("G Suite" is Workspace's former name; "slack_google_drive" is Drive through Slack).
+_WORKSPACE_MARKERS = ("google", "gsuite", "gmail")
+
+
 def is_workspace_connector(name: str, config: PolicyConfig) -> bool:
     """R9: Google Drive / Workspace content, however the connector is spelled (fail closed)."""
     normal = name.strip().lower().replace("-", "_").replace(" ", "_")
-    return normal in config.workspace_connectors or normal.startswith("google")
+    if normal in config.workspace_connectors:
+        return True
+    compact = "".join(ch for ch in unicodedata.normalize("NFKC", name).casefold() if ch.isalnum())
+    return any(marker in compact for marker in _WORKSPACE_MARKERS)
 
 
 def decide_request(
