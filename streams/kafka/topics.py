@@ -335,50 +335,32 @@ def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> 
 
 def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
     """R18: each role may write the topics it owns and read only the topics it needs."""
-    bindings: list[AclBinding] = []
+    grants: set[tuple[ResourceType, str, ResourcePatternType, str, AclOperation]] = set()
     for spec in CATALOGUE:
         name = spec.name(topics)
-        for role, operation in [(w, AclOperation.WRITE) for w in spec.writers] + [
-            (r, AclOperation.READ) for r in spec.readers
-        ]:
-            bindings.append(
-                AclBinding(
-                    ResourceType.TOPIC,
-                    name,
-                    ResourcePatternType.LITERAL,
-                    f"User:{role}",
-                    "*",
-                    operation,
-                    AclPermissionType.ALLOW,
-                )
-            )
-            bindings.append(
-                AclBinding(
-                    ResourceType.TOPIC,
-                    name,
-                    ResourcePatternType.LITERAL,
-                    f"User:{role}",
-                    "*",
-                    AclOperation.DESCRIBE,
-                    AclPermissionType.ALLOW,
-                )
-            )
+        for roles, operation in (
+            (spec.writers, AclOperation.WRITE),
+            (spec.readers, AclOperation.READ),
+        ):
+            for role in roles:
+                for op in (operation, AclOperation.DESCRIBE):
+                    grants.add((ResourceType.TOPIC, name, ResourcePatternType.LITERAL, role, op))
     for role in ROLES:
         # Each role may use consumer groups and transactional ids named after itself.
         for resource in (ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID):
-            for operation in (AclOperation.ALL,):
-                bindings.append(
-                    AclBinding(
-                        resource,
-                        f"{prefix_groups}{role}",
-                        ResourcePatternType.PREFIXED,
-                        f"User:{role}",
-                        "*",
-                        operation,
-                        AclPermissionType.ALLOW,
-                    )
+            grants.add(
+                (
+                    resource,
+                    f"{prefix_groups}{role}",
+                    ResourcePatternType.PREFIXED,
+                    role,
+                    AclOperation.ALL,
                 )
-    return bindings
+            )
+    return [
+        AclBinding(resource, name, pattern, f"User:{role}", "*", op, AclPermissionType.ALLOW)
+        for resource, name, pattern, role, op in sorted(grants, key=repr)
+    ]
 
 
 def readers_of(field: str) -> tuple[str, ...]:
