@@ -28,19 +28,18 @@ from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, s
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.data_controls import DataControlsLedger
-from streams.policy.holds import HoldIndex
+from streams.policy.holds import HoldIndex, validate_flag
 from streams.policy.models import (
     AccountDeletionRequest,
     ControlsWatermark,
     DataControlChange,
     Decision,
     Deployment,
-    MisuseFlag,
+    InvalidRecord,
     Route,
 )
 from streams.policy.redaction import Redactor
 from streams.policy.routing import (
-    InvalidRecord,
     RoutingFacts,
     WatermarkState,
     decide_finetune_row,
@@ -123,12 +122,12 @@ class Router:
                 ends = self._state_reader.end_offsets(t.data_controls) if self._state_reader else {}
                 self._watermarks.append((ControlsWatermark(**record), ends))
             elif source.topic == t.misuse_flags:
-                self.holds.apply_flag(MisuseFlag(**record))
+                self.holds.apply_flag(validate_flag(record))
             elif source.topic == t.account_deletions:
                 deletion = AccountDeletionRequest(**record)
                 self.ledger.record_deletion(deletion.org_id, deletion.requested_at_ms)
-        except (DecodeError, TypeError) as exc:
-            reason = exc.reason if isinstance(exc, DecodeError) else "fields do not match contract"
+        except (DecodeError, InvalidRecord, TypeError) as exc:
+            reason = getattr(exc, "reason", "fields do not match contract")
             # R17: a bad control record is set aside and reported; the state stays as it was.
             self._state_outputs.extend(
                 self._dead_letter(source, message.key(), None, reason, type(exc).__name__, None)

@@ -11,11 +11,23 @@ the retention job (held records are never deleted).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from streams.policy.models import FlagAction, FlagScope, HoldAction, LegalHold, MisuseFlag
+from streams.policy.models import (
+    FlagAction,
+    FlagScope,
+    HoldAction,
+    InvalidRecord,
+    LegalHold,
+    MisuseFlag,
+)
 
 _OPEN_END = 2**62
+_FLAG_ACTIONS = frozenset(FlagAction)
+_FLAG_SCOPES = frozenset(FlagScope)
+_HOLD_ACTIONS = frozenset(HoldAction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +52,37 @@ class Hold:
         if self.scope == FlagScope.API_KEY and api_key_id != self.api_key_id:
             return False
         return self.window_start_ms <= created_at_ms < self.window_end_ms
+
+
+def validate_flag(record: Mapping[str, Any]) -> MisuseFlag:
+    """R17: a decoded misuse flag whose action, scope and target make sense; fail closed on
+    anything else rather than guess (an unknown action must never release a hold)."""
+    flag = MisuseFlag(**record)
+    org = flag.org_id or None
+    if not flag.flag_id or not flag.org_id:
+        raise InvalidRecord("empty flag_id or org_id", org)
+    if flag.action not in _FLAG_ACTIONS:
+        raise InvalidRecord("unknown flag action", org)
+    if flag.scope not in _FLAG_SCOPES:
+        raise InvalidRecord("unknown flag scope", org)
+    if flag.scope == FlagScope.REQUEST and not flag.request_id:
+        raise InvalidRecord("REQUEST flag without request_id", org)
+    if flag.scope == FlagScope.API_KEY and not flag.api_key_id:
+        raise InvalidRecord("API_KEY flag without api_key_id", org)
+    return flag
+
+
+def validate_legal_hold(record: Mapping[str, Any]) -> LegalHold:
+    """R17: a decoded legal hold with a known action and a non-empty window."""
+    hold = LegalHold(**record)
+    org = hold.org_id or None
+    if not hold.hold_id or not hold.org_id:
+        raise InvalidRecord("empty hold_id or org_id", org)
+    if hold.action not in _HOLD_ACTIONS:
+        raise InvalidRecord("unknown hold action", org)
+    if hold.window_end_ms <= hold.window_start_ms:
+        raise InvalidRecord("empty legal hold window", org)
+    return hold
 
 
 def hold_from_flag(flag: MisuseFlag) -> Hold:

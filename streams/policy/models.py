@@ -16,6 +16,15 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
 
+class InvalidRecord(ValueError):
+    """R17: a decodable record that breaks the contract's rules. The reason carries no content."""
+
+    def __init__(self, reason: str, org_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.org_id = org_id
+
+
 class Deployment(StrEnum):
     SAAS = "SAAS"
     PRIVATE = "PRIVATE"

@@ -25,6 +25,7 @@ from streams.policy.models import (
     Decision,
     Deployment,
     FineTuneRow,
+    InvalidRecord,
     KeyType,
     RequestLog,
     RequestSource,
@@ -34,15 +35,6 @@ from streams.policy.models import (
 _DEPLOYMENTS = frozenset(Deployment)
 _SOURCES = frozenset(RequestSource)
 _KEY_TYPES = frozenset(KeyType)
-
-
-class InvalidRecord(ValueError):
-    """R17: a decodable record that breaks the contract's rules. The reason carries no content."""
-
-    def __init__(self, reason: str, org_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.org_id = org_id
 
 
 class WatermarkState(StrEnum):

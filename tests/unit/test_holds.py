@@ -318,3 +318,57 @@ def test_r5_property_covers_is_the_half_open_window(f: MisuseFlag, t: int) -> No
         else:
             expected = start <= t < end
         assert covered == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"action": "RAIZE"}, "unknown flag action"),
+        ({"scope": "PLANET"}, "unknown flag scope"),
+        ({"request_id": None}, "REQUEST flag without request_id"),
+        ({"org_id": ""}, "empty flag_id or org_id"),
+    ],
+)
+def test_validate_flag_rejects_unknown_values_fail_closed_R17_R5(
+    changes: dict[str, object], reason: str
+) -> None:
+    """R17/R5: an unknown action is rejected (dead letter), never read as a release."""
+    from streams.policy.holds import validate_flag
+    from streams.policy.models import InvalidRecord
+
+    record = {
+        "flag_id": "f",
+        "action": "RAISE",
+        "scope": "REQUEST",
+        "org_id": "o",
+        "request_id": "r",
+        "api_key_id": None,
+        "window_start_ms": None,
+        "window_end_ms": None,
+        "reason": "abuse",
+        "at_ms": 1,
+    }
+    record.update(changes)
+    with pytest.raises(InvalidRecord) as caught:
+        validate_flag(record)
+    assert caught.value.reason == reason
+
+
+def test_validate_legal_hold_rejects_empty_window_and_unknown_action_R17_R6() -> None:
+    """R17/R6: a legal hold with an unknown action or an empty window is rejected."""
+    from streams.policy.holds import validate_legal_hold
+    from streams.policy.models import InvalidRecord
+
+    good = {
+        "hold_id": "h",
+        "action": "PLACE",
+        "org_id": "o",
+        "window_start_ms": 1,
+        "window_end_ms": 2,
+        "matter": "m",
+        "at_ms": 1,
+    }
+    assert validate_legal_hold(good).hold_id == "h"
+    for bad in ({**good, "action": "LIFT"}, {**good, "window_end_ms": 1}):
+        with pytest.raises(InvalidRecord):
+            validate_legal_hold(bad)
