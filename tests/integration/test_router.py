@@ -223,6 +223,12 @@ def test_late_control_change_is_honoured_R12(stack: Stack) -> None:
     candidates = by_key(stack.read("training_candidates"))
     assert set(candidates) == {"r-after"}
     assert candidates["r-after"]["consent_version"] == "consent-on"
+    # R16: anyone can ask why; the answer comes from the audit topic.
+    from streams.cli import explain
+
+    why = explain("r-before", stack.bootstrap, stack.registry_url, stack.config)
+    assert "R12" in why and "toggle off" in why and "consent-off" in why
+    assert "prompt of" not in why
 
 
 def test_stalled_watermark_fails_closed_R12(stack: Stack) -> None:
