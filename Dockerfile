@@ -1,0 +1,8 @@
+# The stream jobs' image (used by docker-compose.yml). The policy and jobs are pure Python.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY streams ./streams
+COPY schemas ./schemas
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["streams"]
