@@ -32,7 +32,7 @@ from streams.traffic import TrafficGenerator, TrafficMix
 REQUESTS = 5_000
 
 
-def _step(message: str) -> Callable[[str], None]:
+def _step(message: str) -> Callable[..., None]:
     started = time.monotonic()
     print(f"  {message} ...", end="", flush=True)
 

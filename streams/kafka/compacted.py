@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,7 @@ class CompactedReader:
     def end_offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
         """The current end offset of each partition (of ``topic``, or of every topic read)."""
         return {
-            (tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+            (tp.topic, tp.partition): end_offset(self._consumer, tp)
             for tp in self._partitions
             if topic is None or tp.topic == topic
         }
@@ -96,6 +103,23 @@ class CompactedReader:
         self._consumer.close()
 
 
+def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 15.0) -> int:
+    """The partition's end offset, retrying while a new partition's leader settles in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=5)[1])
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() not in _SETTLING:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+
 def read_topic(
     bootstrap_servers: str, topic: str, idle_timeout_s: float = 2.0
 ) -> Iterator[tuple[bytes | None, bytes | None, int, int]]:
@@ -113,7 +137,7 @@ def read_topic(
         partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
         ends = {}
         for tp in partitions:
-            ends[tp.partition] = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            ends[tp.partition] = end_offset(consumer, tp)
         consumer.assign(partitions)
         remaining = {p for p, end in ends.items() if end > 0}
         deadline = time.monotonic() + idle_timeout_s

@@ -8,6 +8,7 @@ configuration of existing ones in line, so it is safe to run on every start.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,8 +330,26 @@ def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> 
     if resources:
         for future in admin.incremental_alter_configs(resources).values():
             future.result()
+    _wait_for_leaders(admin, created, timeout)
     log.info("topics ensured: %d created, %d aligned", len(created), len(resources))
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """A topic is usable once every partition has a leader; creation returns before that."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=timeout).topics
+        pending = {
+            name
+            for name in pending
+            if name not in metadata
+            or metadata[name].error is not None
+            or any(p.leader < 0 for p in metadata[name].partitions.values())
+        }
+        if pending:
+            time.sleep(0.1)
 
 
 def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
