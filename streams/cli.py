@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     why = commands.add_parser("explain", help="why a request went where it went (R16)")
     why.add_argument("request_id")
     commands.add_parser("demo", help="run every job end to end on an embedded broker")
+    check = commands.add_parser(
+        "verify", help="leak-canary check against a running cluster (jobs must be running)"
+    )
+    check.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     config = load_config()
 
@@ -92,6 +96,27 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.command == "explain":
         print(explain(args.request_id, bootstrap, registry, config))
+    elif args.command == "verify":
+        sys.exit(_verify_cluster(bootstrap, registry, config, args.timeout))
+
+
+def _verify_cluster(bootstrap: str, registry: str, config: PolicyConfig, timeout_s: float) -> int:
+    """Canaries through the jobs already running on ``bootstrap``; exit 1 on any finding."""
+    from streams.verify import verify
+
+    contracts = Contracts(registry_client(registry), config.topics)
+
+    def wait_for_jobs(expected: int) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            audited = sum(1 for _ in read_topic(bootstrap, config.topics.audit, 1.0))
+            if audited >= expected:
+                return
+
+    report = verify(bootstrap, config, contracts, wait_for_jobs, int(time.time() * 1000))
+    print(report.render())
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

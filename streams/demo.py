@@ -28,6 +28,7 @@ from streams.kafka.topics import ensure_topics, key_for
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS
 from streams.traffic import TrafficGenerator, TrafficMix
+from streams.verify import verify
 
 REQUESTS = 5_000
 
@@ -127,7 +128,7 @@ class Demo:
         self.producer.flush(60)
         done()
 
-    def run_router(self) -> dict[str, int]:
+    def run_router(self, expected: int = REQUESTS) -> dict[str, int]:
         done = _step("routing (router job, exactly-once transactions)")
         loop, router = build_router_loop(self.bootstrap, self.registry_url, self.config)
         deadline = time.monotonic() + 90
@@ -135,7 +136,7 @@ class Demo:
             target=loop.run,
             kwargs={
                 "until": lambda: (
-                    router.stats["decisions"] >= REQUESTS or time.monotonic() > deadline
+                    router.stats["decisions"] >= expected or time.monotonic() > deadline
                 )
             },
         )
@@ -193,6 +194,13 @@ def run_demo() -> int:
         demo.traffic()
         demo.run_router()
         print(demo.summary())
+        print()
+        report = verify(
+            bootstrap, demo.config, demo.contracts, demo.run_router, int(time.time() * 1000)
+        )
+        print(report.render())
+        if not report.ok:
+            return 1
     return 0
 
 

@@ -281,7 +281,7 @@ def verify(
     bootstrap: str,
     config: PolicyConfig,
     contracts: Contracts,
-    run_jobs: Callable[[int], None],
+    run_jobs: Callable[[int], object],
     now_ms: int,
     scan_paths: Iterable[Path] = (),
 ) -> Report:
