@@ -319,6 +319,9 @@ def build_router_loop(
     group_id: str | None = None,
 ) -> tuple[TransactionalLoop, Router]:
     contracts = Contracts(registry_client(registry_url), config.topics)
+    # Registering every contract up front fails fast on an incompatible registry state,
+    # and gives every process the same schema ids even on an in-memory registry.
+    contracts.register_all()
     router = Router(config, contracts, clock=clock)
     reader = router.attach_state_reader(bootstrap_servers)
     reader.catch_up()
