@@ -7,6 +7,7 @@ same ``decision_id`` and downstream readers can de-duplicate.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ def audit_record(
     }
 
 
+@functools.cache
 def _rule_order(rule_id: str) -> tuple[int, str]:
     digits = rule_id[1:]
     return (int(digits), rule_id) if digits.isdigit() else (10**6, rule_id)
