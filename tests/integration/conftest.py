@@ -83,10 +83,23 @@ class Stack:
         return [v for _, v, _, _ in read_topic(self.bootstrap, topic, 1.0) if v is not None]
 
 
+def make_stack(bootstrap: str, registry_url: str) -> Stack:
+    """Fresh topics under a unique prefix, every contract registered in catalogue order.
+
+    On confluent-kafka's in-memory registry (``mock://``, only when no real registry runs)
+    each stack gets its own registry instance, so that a worker process registering the
+    catalogue in the same order gets the same schema ids as the test.
+    """
+    name = uuid.uuid4().hex[:8]
+    if registry_url.startswith("mock://"):
+        registry_url = f"{registry_url}-{name}"
+    config = PolicyConfig().with_topics_prefix(f"t{name}.")
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), config.topics)
+    contracts = Contracts(registry_client(registry_url), config.topics)
+    contracts.register_all()
+    return Stack(bootstrap, registry_url, config, contracts)
+
+
 @pytest.fixture()
 def stack(kafka_bootstrap: str, schema_registry_url: str) -> Stack:
-    config = PolicyConfig().with_topics_prefix(f"t{uuid.uuid4().hex[:8]}.")
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), config.topics)
-    contracts = Contracts(registry_client(schema_registry_url), config.topics)
-    contracts.register_all()
-    return Stack(kafka_bootstrap, schema_registry_url, config, contracts)
+    return make_stack(kafka_bootstrap, schema_registry_url)
