@@ -184,18 +184,33 @@ class TransactionalLoop:
                 producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                     self.consumer.consumer_group_metadata(),
+                    30,
                 )
-            producer.commit_transaction()
+            self._commit_transaction()
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():
                 log.warning("transaction aborted, rewinding to committed offsets: %s", error)
-                producer.abort_transaction()
+                producer.abort_transaction(30)
                 self._rewind()
                 return
-            raise
+            raise  # fatal (e.g. fenced by a newer incarnation): exit, the supervisor restarts
         self.produced += len(outputs)
         self.transactions += 1
+
+    def _commit_transaction(self) -> None:
+        # A broker restart can make a commit time out; librdkafka allows retrying the same
+        # commit, which completes or reports whether the transaction must be aborted.
+        while True:
+            try:
+                self.producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.retriable() and not error.txn_requires_abort():
+                    log.warning("commit not confirmed yet, retrying: %s", error)
+                    continue
+                raise
 
     def _produce(self, out: Output) -> None:
         while True:
