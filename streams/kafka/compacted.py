@@ -40,6 +40,7 @@ class CompactedReader:
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": 100,
         }
         conf.update(extra or {})
         self._consumer = Consumer(conf)

@@ -54,6 +54,7 @@ class LoopConfig:
     batch_size: int = 1000
     poll_timeout_s: float = 0.05
     transaction_timeout_ms: int = 15_000
+    max_pending: int = 20_000  # deferred records per partition before it is paused
     extra_consumer: dict[str, Any] | None = None
     extra_producer: dict[str, Any] | None = None
 
@@ -79,6 +80,7 @@ class TransactionalLoop:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
+            "fetch.wait.max.ms": 100,
         }
         consumer_conf.update(config.extra_consumer or {})
         producer_conf: dict[str, Any] = {
@@ -143,9 +145,8 @@ class TransactionalLoop:
                 continue  # redelivered after pause/resume: already buffered or done
             self._seen[tp] = offset
             self.consumed += 1
-            pending = self._pending.get(tp)
-            if pending:
-                pending.append(message)
+            if self._pending.get(tp):
+                self._defer(tp, message)  # keep order behind the records already waiting
                 continue
             result = self.processor.process(message)
             if result is None:
@@ -169,8 +170,11 @@ class TransactionalLoop:
                 self._paused.discard(tp)
 
     def _defer(self, tp: tuple[str, int], message: Message) -> None:
-        self._pending.setdefault(tp, deque()).append(message)
-        if tp not in self._paused:
+        pending = self._pending.setdefault(tp, deque())
+        pending.append(message)
+        # Keep fetching while the backlog is small (no stop-and-go on every watermark
+        # tick); pause the partition only when waiting records pile up.
+        if len(pending) >= self.config.max_pending and tp not in self._paused:
             self.consumer.pause([TopicPartition(*tp)])
             self._paused.add(tp)
 
