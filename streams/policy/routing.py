@@ -148,9 +148,6 @@ def decide_request(
         return done()
 
     rules.append("R12")
-    if facts.watermark == WatermarkState.STALLED:
-        reasons.append("R12: controls watermark stalled; decided on known controls, no training")
-
     # R2: zero data retention as of creation time: nothing but usage.
     if controls.zero_data_retention:
         rules.append("R2")
@@ -161,6 +158,15 @@ def decide_request(
     if facts.deletion_requested:
         rules.append("R15")
         reasons.append("R15: account deletion requested; content not written")
+        return done()
+
+    if facts.watermark == WatermarkState.STALLED:
+        # Fail closed: a ZDR or opt-out change may be waiting unpublished, so nothing but
+        # usage is written; the audit record lets operators see what the stall cost.
+        reasons.append(
+            "R12: controls watermark stalled past the bound; settings at creation unknown, "
+            "content not written (fail closed)"
+        )
         return done()
 
     # R4 (+ R7 when a contract sets another period): the log store keeps it for its retention.

@@ -232,7 +232,7 @@ def test_late_control_change_is_honoured_R12(stack: Stack) -> None:
 
 
 def test_stalled_watermark_fails_closed_R12(stack: Stack) -> None:
-    """R12: without a watermark past creation, after the stall bound: logged, never a candidate."""
+    """R12: no watermark past creation within the stall bound: usage only, fail closed."""
     from dataclasses import replace
 
     stack.config = replace(stack.config, watermark_stall_ms=1_000)
@@ -240,6 +240,8 @@ def test_stalled_watermark_fails_closed_R12(stack: Stack) -> None:
     stack.produce("request_logs", [("r-stall", request("default", "r-stall"))])
     run_router(stack, decisions=1)
     assert by_key(stack.read("training_candidates")) == {}
+    assert by_key(stack.read("log_store")) == {}
+    assert len(stack.read("usage_events")) == 1
     audit = by_key(stack.read("audit"))
     assert "R12" in audit["r-stall"]["rule_ids"]
     assert any("stalled" in r for r in audit["r-stall"]["reasons"])

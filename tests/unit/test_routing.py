@@ -338,7 +338,6 @@ R9_BLOCKERS: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = 
     ("training exclusion", {}, {"training_exclusion": True}, {}),
     ("misuse flag", {}, {}, {"misuse_flag_ids": ("flag-1",)}),
     ("watermark waiting", {}, {}, {"watermark": WatermarkState.WAITING}),
-    ("watermark stalled", {}, {}, {"watermark": WatermarkState.STALLED}),
 ] + [
     (f"connector {name!r}", {"connectors": ["slack", name]}, {}, {}) for name in WORKSPACE_SPELLINGS
 ]
@@ -668,13 +667,13 @@ def test_r12_property_watermark_state_is_monotone(
         assert watermark_state(created, watermark, now + more, stall) == WatermarkState.STALLED
 
 
-def test_r12_stalled_watermark_is_decided_without_training_and_audited() -> None:
-    """R12: past the stall bound the request is decided (log store) with no training, and the
-    reason says so."""
+def test_r12_stalled_watermark_is_decided_fail_closed_and_audited() -> None:
+    """R12: past the stall bound the request is decided with usage only (R3): no training and,
+    since a ZDR change may be unpublished, no log store either (fail closed); audited."""
     decision = decide_request(
         request_log(), controls(), facts(watermark=WatermarkState.STALLED), CONFIG
     )
-    assert decision.routes == {USAGE, LOG}
+    assert decision.routes == {USAGE}
     assert "R12" in decision.rule_ids
     assert any("R12" in r and "stalled" in r for r in decision.reasons)
 
