@@ -54,6 +54,10 @@ def kafka_classpath() -> str:
 def main() -> None:
     for name in MANIFESTS:
         print(f"{name}: {libs_dir(name)}")
+    from streams.infra.registry import prepare
+
+    runner, archive = prepare()
+    print(f"registry: {runner}{' (class archive ready)' if archive else ''}")
 
 
 if __name__ == "__main__":

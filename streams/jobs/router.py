@@ -46,6 +46,7 @@ from streams.policy.routing import (
     decide_request,
     finetune_candidate,
     log_store_record,
+    log_store_stamp,
     training_candidate,
     usage_event,
     validate_finetune_row,
@@ -95,6 +96,7 @@ class Router:
                 "dead_letters",
             )
         }
+        self._log_store_fast = contracts.extending("request_logs", "log_store")
         self._state_outputs: list[Output] = []
         self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
@@ -157,7 +159,7 @@ class Router:
             return self._dead_letter(source, message.key(), value, exc.reason, "DecodeError", None)
         try:
             if source.topic == self.topics.request_logs:
-                return self._route_request(source, record)
+                return self._route_request(source, record, value)
             return self._route_finetune_row(source, record)
         except InvalidRecord as exc:
             return self._dead_letter(
@@ -168,7 +170,9 @@ class Router:
                 source, message.key(), value, "fields do not match contract", "TypeError", record
             )
 
-    def _route_request(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
+    def _route_request(
+        self, source: Source, record: dict[str, Any], raw: bytes | None = None
+    ) -> list[Output] | None:
         request = validate_request(record)
         now = self.clock()
         state = watermark_state(
@@ -188,13 +192,14 @@ class Router:
         decision = decide_request(request, controls, facts, self.config)
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
         if decision.has(Route.LOG_STORE):
-            outputs.append(
-                self._emit(
-                    "log_store",
-                    request.request_id,
-                    log_store_record(request, decision, self.config),
-                )
+            stamped = raw and self._log_store_fast.encode(
+                raw, log_store_stamp(decision, self.config)
             )
+            if stamped:
+                outputs.append(Output(self.topics.log_store, request.request_id, stamped))
+            else:
+                record = log_store_record(request, decision, self.config)
+                outputs.append(self._emit("log_store", request.request_id, record))
         if decision.has(Route.TRAINING_CANDIDATE):
             candidate = training_candidate(request, decision, self.redactor, self.config)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))

@@ -89,6 +89,12 @@ class Codec:
             raise DecodeError("not a record")
         return record
 
+    def schema_id_of(self, data: bytes) -> int | None:
+        """The schema id in a framed record's header (None if it is not framed)."""
+        if len(data) <= _HEADER.size or data[0] != MAGIC_BYTE:
+            return None
+        return int(_HEADER.unpack_from(data)[1])
+
     def _writer_schema(self, schema_id: int) -> Any:
         try:
             return self._writers[schema_id]
@@ -103,6 +109,39 @@ class Codec:
         parsed = fastavro.parse_schema(json.loads(registered.schema_str))
         self._writers[schema_id] = parsed
         return parsed
+
+
+class ExtendingCodec:
+    """Encodes a record whose contract starts with every field of another contract.
+
+    Avro's binary encoding of a record is the concatenation of its fields, so a log-store
+    record (the request log's fields, then three stamped fields) is the request's own
+    body followed by the stamped fields: no need to decode and re-encode the content.
+    Used only when the request was written with exactly the base contract.
+    """
+
+    def __init__(self, base: Codec, extended: Codec, extended_text: str, base_text: str) -> None:
+        base_fields = json.loads(base_text)["fields"]
+        schema = json.loads(extended_text)
+        fields = schema["fields"]
+        head = [(f["name"], json.dumps(f["type"])) for f in fields[: len(base_fields)]]
+        if head != [(f["name"], json.dumps(f["type"])) for f in base_fields]:
+            raise ValueError(f"{extended.subject} does not start with {base.subject}'s fields")
+        tail = {**schema, "name": schema["name"] + "Tail", "fields": fields[len(base_fields) :]}
+        self.base = base
+        self.extended = extended
+        self._tail = fastavro.parse_schema(tail)
+        self._header = _HEADER.pack(MAGIC_BYTE, extended.schema_id)
+
+    def encode(self, base_bytes: bytes, stamped: Mapping[str, Any]) -> bytes | None:
+        """The extended record, or None when ``base_bytes`` used another writer schema."""
+        if self.base.schema_id_of(base_bytes) != self.base.schema_id:
+            return None
+        out = io.BytesIO()
+        out.write(self._header)
+        out.write(memoryview(base_bytes)[_HEADER.size :])
+        fastavro.schemaless_writer(out, self._tail, stamped)
+        return out.getvalue()
 
 
 class Contracts:
@@ -123,6 +162,14 @@ class Contracts:
             )
             self._codecs[field] = codec
             return codec
+
+    def extending(self, base_field: str, extended_field: str) -> ExtendingCodec:
+        return ExtendingCodec(
+            self.codec(base_field),
+            self.codec(extended_field),
+            load_schema_text(spec_for(extended_field).schema),
+            load_schema_text(spec_for(base_field).schema),
+        )
 
     def register_all(self) -> dict[str, int]:
         return {spec.field: self.codec(spec.field).schema_id for spec in CATALOGUE}

@@ -276,6 +276,7 @@ def log_store_record(request: RequestLog, decision: Decision, config: PolicyConf
         "created_at_ms": request.created_at_ms,
         "endpoint": request.endpoint,
         "model": request.model,
+        "deployment": request.deployment,
         "source": request.source,
         "connectors": request.connectors,
         "prompt": request.prompt,
@@ -286,6 +287,13 @@ def log_store_record(request: RequestLog, decision: Decision, config: PolicyConf
         "client_ip": request.client_ip,
         "user_id": request.user_id,
         "metadata": request.metadata,
+        **log_store_stamp(decision, config),
+    }
+
+
+def log_store_stamp(decision: Decision, config: PolicyConfig) -> dict[str, Any]:
+    """What the router adds to a request log to make it a log-store record (R4/R7)."""
+    return {
         "retention_days": decision.retention_days,
         "consent_version": decision.consent_version,
         "policy_version": config.policy_version,
