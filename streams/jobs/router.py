@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from streams.kafka.compacted import CompactedReader
+from streams.kafka.metrics import JobMetrics, port_from_env
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
@@ -40,6 +41,7 @@ from streams.policy.models import (
 )
 from streams.policy.redaction import Redactor
 from streams.policy.routing import (
+    PersonalInformationRedactor,
     RoutingFacts,
     WatermarkState,
     decide_finetune_row,
@@ -72,16 +74,24 @@ class Router:
         self,
         config: PolicyConfig,
         contracts: Contracts,
-        redactor: Any | None = None,
+        redactor: PersonalInformationRedactor | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics
         self.clock = clock
-        self.redactor = redactor or Redactor()
+        self.redactor: PersonalInformationRedactor = redactor or Redactor()
         self.ledger = DataControlsLedger(config.defaults)
         self.holds = HoldIndex()
         self.stats: Counter[str] = Counter()
+        self.rules: Counter[str] = Counter()
+        self.inputs: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self.metrics = metrics
+        self.lag_source: Any = None  # the group consumer, for the lag gauge
+        self._published: dict[str, Counter[str]] = {}
+        self._next_publish = 0.0
         codec = contracts.codec
         self._codecs: dict[str, Codec] = {
             getattr(self.topics, field): codec(field) for field in _INPUTS + _STATE
@@ -142,11 +152,31 @@ class Router:
         while self._watermarks and (reader is None or reader.reached(self._watermarks[0][1])):
             self.ledger.advance_watermark(self._watermarks.pop(0)[0])
         outputs, self._state_outputs = self._state_outputs, []
+        if self.metrics is not None and time.monotonic() >= self._next_publish:
+            self.publish_metrics(self.metrics)
         return outputs
+
+    def publish_metrics(self, metrics: JobMetrics) -> None:
+        """Counters are kept in plain Counters on the hot path and pushed once a second."""
+        self._next_publish = time.monotonic() + 1.0
+        for name, counts, push in (
+            ("in", self.inputs, metrics.record_in),
+            ("out", self.stats, metrics.record_out),
+            ("rules", self.rules, metrics.decision),
+            ("dead", self.dead_letters, metrics.dead_letter),
+        ):
+            seen = self._published.setdefault(name, Counter())
+            for key, total in counts.items():
+                if key != "decisions" and total > seen[key]:
+                    push(key, total - seen[key])
+                    seen[key] = total
+        if self.lag_source is not None:
+            metrics.observe_consumer_lag(self.lag_source)
 
     # --- records ------------------------------------------------------------------
     def process(self, message: Message) -> list[Output] | None:
         source = source_of(message)
+        self.inputs[source.topic] += 1
         value = message.value()
         if value is not None and len(value) > self.config.max_record_bytes:
             return self._dead_letter(
@@ -296,12 +326,14 @@ class Router:
         )
         self.stats["dead_letter"] += 1
         self.stats["decisions"] += 1
+        self.dead_letters[error_class] += 1
+        self.rules.update(decision_rules := ("R17",) if keep else ("R17", "R2"))
         log.warning(
             "dead letter %s/%d/%d: %s", source.topic, source.partition, source.offset, reason
         )
         decision = Decision(
             routes=frozenset({Route.DEAD_LETTER.value}),
-            rule_ids=("R17",) if keep else ("R17", "R2"),
+            rule_ids=decision_rules,
             reasons=(f"R17: {reason}",),
         )
         return [
@@ -311,8 +343,8 @@ class Router:
 
     def _count(self, decision: Decision) -> None:
         self.stats["decisions"] += 1
-        for route in decision.routes:
-            self.stats[route] += 1
+        self.stats.update(decision.routes)
+        self.rules.update(decision.rule_ids)
 
 
 def build_router_loop(
@@ -322,12 +354,13 @@ def build_router_loop(
     worker_id: str = "0",
     clock: Callable[[], int] = wall_clock_ms,
     group_id: str | None = None,
+    metrics: JobMetrics | None = None,
 ) -> tuple[TransactionalLoop, Router]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     # Registering every contract up front fails fast on an incompatible registry state,
     # and gives every process the same schema ids even on an in-memory registry.
     contracts.register_all()
-    router = Router(config, contracts, clock=clock)
+    router = Router(config, contracts, clock=clock, metrics=metrics)
     reader = router.attach_state_reader(bootstrap_servers)
     reader.catch_up()
     group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
@@ -341,6 +374,7 @@ def build_router_loop(
         ),
         router,
     )
+    router.lag_source = loop.consumer
     return loop, router
 
 
@@ -353,7 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.bootstrap or not args.registry:
         parser.error("--bootstrap and --registry (or their environment variables) are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    loop, router = build_router_loop(args.bootstrap, args.registry, load_config(), args.worker_id)
+    metrics = JobMetrics(JOB)
+    metrics.serve(port_from_env())
+    loop, router = build_router_loop(
+        args.bootstrap, args.registry, load_config(), args.worker_id, metrics=metrics
+    )
     loop.install_signal_handlers()
     log.info("router worker %s started", args.worker_id)
     loop.run()

@@ -316,8 +316,11 @@ def usage_event(request: RequestLog, config: PolicyConfig) -> dict:
 
 
 class Redacted(Protocol):
-    text: str
-    counts: Mapping[str, int]
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
 
 
 class PersonalInformationRedactor(Protocol):

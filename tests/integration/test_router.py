@@ -348,3 +348,27 @@ def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17(stack: Sta
     assert zdr_letter["content_withheld"] and zdr_letter["original_value"] is None  # R2
     # The good record after the bad ones was still routed.
     assert "r-good" in by_key(stack.read("log_store"))
+
+
+def test_router_metrics_count_routes_rules_and_dead_letters_without_content_R16(
+    stack: Stack,
+) -> None:
+    """Operational metrics (Prometheus text): records in/out, decisions per rule, dead letters;
+    never a prompt, org, key or request id in a label."""
+    from streams.kafka.metrics import JobMetrics
+
+    metrics = JobMetrics("router")
+    watermark(stack, NOW)
+    stack.produce("request_logs", [("r-m", request("metrics-org", "r-m")), ("bad", b"garbage!")])
+    loop, router = build_router_loop(
+        stack.bootstrap, stack.registry_url, stack.config, metrics=metrics
+    )
+    deadline = time.monotonic() + 60
+    loop.run(until=lambda: router.stats["decisions"] >= 2 or time.monotonic() > deadline)
+    router.publish_metrics(metrics)
+    text = metrics.exposition().decode()
+    assert 'rule="R9"' in text and 'rule="R17"' in text
+    assert 'route="log_store"' in text
+    assert "DecodeError" in text
+    for secret in ("CANARY", "metrics-org", "key-metrics-org", "r-m", "198.51.100.7"):
+        assert secret not in text
