@@ -1,0 +1,282 @@
+"""R11 personal-information redaction (pure Python, no Kafka).
+
+R11: before anything reaches training candidates or safety evaluation, personal information is
+removed from prompts, documents, generations and metadata, and replaced by typed placeholders.
+
+API::
+
+    redact("Mail jane@example.com")    -> Redaction(text="Mail [EMAIL]", counts={"EMAIL": 1})
+    r = Redactor()                              # compile once, reuse (thread-safe for reading)
+    r.redact(text)                              -> Redaction
+    r.redact_mapping({"k": "v", "n": {...}})    -> (redacted dict, counts)
+
+Placeholders (``[LABEL]``) and what they cover:
+
+* ``[EMAIL]``          e-mail addresses (ASCII local part and domain).
+* ``[PHONE]``          phone numbers: international (+CC / 00CC), North-American formatted
+                       numbers, and 7-15 digit numbers next to a phone word ("call", "Tel",
+                       "Mobile:", "... office", "fax").
+* ``[CREDIT_CARD]``    payment card numbers: 12-19 digits (optionally grouped 4-4-4-4 / 4-6-5),
+                       Luhn-valid, with a length that fits the issuer prefix.
+* ``[IBAN]``           IBANs: registry length for the country and ISO 7064 mod-97 == 1.
+* ``[IP_ADDRESS]``     IPv4 and IPv6 addresses, including private (RFC 1918), link-local and
+                       documentation ranges (they identify a device, hence a person, inside an
+                       organisation); NOT loopback, unspecified, broadcast or netmasks.
+* ``[NATIONAL_ID]``    government identifiers of a person: US SSN (formatted, with the SSA
+                       validity rules), UK National Insurance numbers, and any number that
+                       follows an identity-document phrase (driver's licence, passport,
+                       national id, tax id, SIN, BSN, DNI, personnummer, ...). Driver's
+                       licences and passports are national ids here: one placeholder for
+                       "a document number that identifies a person".
+* ``[STREET_ADDRESS]`` street addresses with the unit, city, state, country and postal code
+                       lines that belong to them; post boxes and military addresses.
+* ``[PERSON]``         people's names (lexicon + titles + context phrases, see ``_names``).
+* ``[CREDENTIAL]``     secrets: private-key blocks, JWTs, bearer/basic tokens, well-known API
+                       key formats (AWS, GitHub, GitLab, Slack, Stripe, OpenAI/Anthropic,
+                       Google, Hugging Face, npm, PyPI, SendGrid, ...), user:password in URLs,
+                       and values of ``password=`` / ``api_key: `` / ``"token": "..."`` /
+                       "my password is ...".
+
+Not redacted (out of R11's list): organisations, places on their own, dates, ages, job
+titles, nationalities, URLs/domains (except credentials in them), MAC addresses.
+
+Fast path: one multi-pattern engine (``_engine``) tells which detectors can match at all;
+text with no trigger and no lexicon name costs one engine scan plus one capitalised-word scan.
+Redacting redacted text changes nothing (existing placeholders are left alone).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._address import TRIGGERS as _ADDRESS_TRIGGERS
+from ._address import find_addresses
+from ._detectors import DETECTORS
+from ._engine import Engine, build_engine
+from ._names import TRIGGERS as _NAME_TRIGGERS
+from ._names import find_names, gate
+from ._types import (
+    CREDENTIAL,
+    CREDIT_CARD,
+    EMAIL,
+    IBAN,
+    IP_ADDRESS,
+    LABELS,
+    NATIONAL_ID,
+    PERSON,
+    PHONE,
+    PRIORITY,
+    STREET_ADDRESS,
+    Detector,
+    Span,
+    Trigger,
+)
+
+__all__ = [
+    "CREDENTIAL",
+    "CREDIT_CARD",
+    "EMAIL",
+    "IBAN",
+    "IP_ADDRESS",
+    "LABELS",
+    "NATIONAL_ID",
+    "PERSON",
+    "PHONE",
+    "STREET_ADDRESS",
+    "Redaction",
+    "Redactor",
+    "placeholder",
+    "redact",
+]
+
+_NAMES = -1
+_PERSON_IF_CONTACT = PERSON + "?"
+_PLACEHOLDER = re.compile(r"\[(?:" + "|".join(LABELS) + r")\]")
+_EMPTY: Mapping[str, int] = types.MappingProxyType({})
+
+
+def placeholder(label: str) -> str:
+    """The typed placeholder that replaces a span of ``label`` (R11)."""
+    return f"[{label}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """R11 result: the redacted text and how many spans of each label were replaced."""
+
+    text: str
+    counts: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+
+
+class Redactor:
+    """R11 redactor; build once (compiles the engine) and reuse.
+
+    ``engine``: "auto" (fastest available, see docs/redaction_results.md), "hyperscan",
+    "re2-set", "re2-alt" or "re". The output does not depend on the engine.
+    """
+
+    def __init__(self, engine: str = "auto") -> None:
+        detectors: list[Detector] = list(DETECTORS)
+        detectors.append(Detector("address", _ADDRESS_TRIGGERS, find_addresses))
+        self._detectors = tuple(detectors)
+        triggers: list[Trigger] = []
+        owners: list[int] = []
+        for index, detector in enumerate(self._detectors):
+            triggers.extend(detector.triggers)
+            owners.extend([index] * len(detector.triggers))
+        triggers.extend(_NAME_TRIGGERS)
+        owners.extend([_NAMES] * len(_NAME_TRIGGERS))
+        self._owners = tuple(owners)
+        self._engine: Engine = build_engine(engine, triggers)
+        self.engine = self._engine.name
+
+    # ------------------------------------------------------------------ detection
+    def detect(self, text: str) -> list[Span]:
+        """Non-overlapping spans (start, end, label) to replace, sorted by start."""
+        if not text:
+            return []
+        fired = self._engine.fired(text)
+        if fired is None:  # the engine could not scan this text: run everything (fail closed)
+            owners = set(range(len(self._detectors))) | {_NAMES}
+        else:
+            owners = {self._owners[i] for i in fired}
+        cue = _NAMES in owners
+        owners.discard(_NAMES)
+        if not owners and not cue and not gate(text):
+            return []
+        low: str | None = text.lower()
+        if len(low) != len(text):  # type: ignore[arg-type]
+            low = None
+        spans: list[Span] = []
+        for index in sorted(owners):
+            spans.extend(self._detectors[index].find(text, low))
+        spans.extend(find_names(text, low, cue or fired is None))
+        if not spans:
+            return []
+        if any(label == _PERSON_IF_CONTACT for _, _, label in spans):
+            spans = _confirm_name_lines(spans)
+        protected = [m.span() for m in _PLACEHOLDER.finditer(text)] if "[" in text else []
+        return _resolve(text, spans, protected)
+
+    def redact(self, text: str) -> Redaction:
+        """R11: ``text`` with every detected span replaced by its typed placeholder."""
+        spans = self.detect(text)
+        if not spans:
+            return Redaction(text, _EMPTY)
+        pieces: list[str] = []
+        counts: dict[str, int] = {}
+        last = 0
+        for s, e, label in spans:
+            pieces.append(text[last:s])
+            pieces.append(f"[{label}]")
+            counts[label] = counts.get(label, 0) + 1
+            last = e
+        pieces.append(text[last:])
+        return Redaction("".join(pieces), types.MappingProxyType(counts))
+
+    def redact_mapping(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """R11 for metadata: string values (and string keys) redacted, recursing into nested
+        mappings and lists; other values (numbers, booleans, None) kept. A key that contains
+        personal information is redacted too; if two keys then collide, ``#2``, ``#3``... is
+        appended. Returns the new dict and the summed counts."""
+        counts: dict[str, int] = {}
+        return self._redact_mapping(values, counts), counts
+
+    def _redact_mapping(self, values: Mapping[Any, Any], counts: dict[str, int]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key, value in values.items():
+            new_key = self._redact_value(key, counts) if isinstance(key, str) else key
+            if new_key in out:
+                n = 2
+                while f"{new_key}#{n}" in out:
+                    n += 1
+                new_key = f"{new_key}#{n}"
+            out[new_key] = self._redact_value(value, counts)
+        return out
+
+    def _redact_value(self, value: Any, counts: dict[str, int]) -> Any:
+        if isinstance(value, str):
+            result = self.redact(value)
+            for label, n in result.counts.items():
+                counts[label] = counts.get(label, 0) + n
+            return result.text
+        if isinstance(value, Mapping):
+            return self._redact_mapping(value, counts)
+        if isinstance(value, list | tuple):
+            return [self._redact_value(v, counts) for v in value]
+        return value
+
+
+def _confirm_name_lines(spans: list[Span]) -> list[Span]:
+    """A line holding only a name ("Jane Roe" above an address block) is a PERSON when other
+    personal data (address, phone, e-mail, ...) follows within a few lines."""
+    others = [s for s, _, label in spans if label not in (PERSON, _PERSON_IF_CONTACT)]
+    out: list[Span] = []
+    for s, e, label in spans:
+        if label == _PERSON_IF_CONTACT:
+            if any(e <= o <= e + 300 for o in others):
+                out.append((s, e, PERSON))
+        else:
+            out.append((s, e, label))
+    return out
+
+
+def _resolve(text: str, spans: list[Span], protected: list[tuple[int, int]]) -> list[Span]:
+    """Highest priority, then longest, wins; a street address that overlaps a stronger span
+    keeps its longest remaining part; adjacent address pieces are merged."""
+    taken: list[tuple[int, int]] = list(protected)
+    chosen: list[Span] = []
+    for s, e, label in sorted(spans, key=lambda x: (-PRIORITY[x[2]], x[0] - x[1], x[0])):
+        if e <= s:
+            continue
+        if any(s < te and ts < e for ts, te in taken):
+            if label != STREET_ADDRESS:
+                continue
+            piece = _largest_free(s, e, taken)
+            if piece is None or not any(c.isalnum() for c in text[piece[0] : piece[1]]):
+                continue
+            s, e = piece
+        taken.append((s, e))
+        chosen.append((s, e, label.rstrip("?")))
+    chosen.sort()
+    merged: list[Span] = []
+    for s, e, label in chosen:
+        if merged and label == STREET_ADDRESS and merged[-1][2] == STREET_ADDRESS:
+            gap = text[merged[-1][1] : s]
+            if len(gap) <= 3 and not gap.strip(" ,\t\n"):
+                merged[-1] = (merged[-1][0], e, label)
+                continue
+        merged.append((s, e, label))
+    return merged
+
+
+def _largest_free(s: int, e: int, taken: list[tuple[int, int]]) -> tuple[int, int] | None:
+    pieces = [(s, e)]
+    for ts, te in taken:
+        nxt = []
+        for ps, pe in pieces:
+            if te <= ps or pe <= ts:
+                nxt.append((ps, pe))
+                continue
+            if ps < ts:
+                nxt.append((ps, ts))
+            if te < pe:
+                nxt.append((te, pe))
+        pieces = nxt
+    pieces = [(ps, pe) for ps, pe in pieces if pe - ps >= 3]
+    return max(pieces, key=lambda p: p[1] - p[0]) if pieces else None
+
+
+_DEFAULT: Redactor | None = None
+
+
+def redact(text: str) -> Redaction:
+    """R11 with a shared default ``Redactor`` (built on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Redactor()
+    return _DEFAULT.redact(text)

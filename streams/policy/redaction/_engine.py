@@ -1,0 +1,142 @@
+"""R11 multi-pattern pre-filter engines.
+
+An engine answers one question per text: which triggers match somewhere? Only the detectors
+owning a fired trigger then run their (slower, Python ``re``) extraction. All engines are
+exact with respect to the triggers, so the redaction output does not depend on the engine
+(``benchmarks/redaction_speed.py`` checks this and measures them):
+
+* ``hyperscan``: one Hyperscan block-mode database, every trigger with SINGLEMATCH;
+* ``re2-set``:   one ``re2.Set`` (RE2::Set), one DFA pass reporting the matching indices;
+* ``re2-alt``:   one RE2 alternation of all triggers: a yes/no gate (it cannot tell which
+  trigger fired without overlapping matches), then every detector runs;
+* ``re``:        Python ``re``, each trigger searched in turn (the baseline).
+
+Texts that cannot be encoded to UTF-8 (lone surrogates from a lenient JSON decoder) make the
+native engines fail; the redactor then runs every detector (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+from ._types import Trigger
+
+
+class Engine(Protocol):
+    name: str
+
+    def fired(self, text: str) -> set[int] | None:
+        """Indices of the triggers that match in ``text`` (``None``: could not tell, run all)."""
+        ...
+
+
+class PyReEngine:
+    name = "re"
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        self._regexes = [re.compile(t.pattern, re.I if t.caseless else 0) for t in triggers]
+
+    def fired(self, text: str) -> set[int] | None:
+        return {i for i, rx in enumerate(self._regexes) if rx.search(text)}
+
+
+class Re2SetEngine:
+    name = "re2-set"
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        import re2
+
+        options = re2.Options()
+        options.max_mem = 64 << 20
+        self._set = re2.Set.SearchSet(options)
+        for t in triggers:
+            self._set.Add(("(?i)" if t.caseless else "") + t.pattern)
+        self._set.Compile()
+
+    def fired(self, text: str) -> set[int] | None:
+        try:
+            hits = self._set.Match(text)
+        except UnicodeEncodeError:
+            return None
+        return set(hits) if hits else set()
+
+
+class Re2AltEngine:
+    name = "re2-alt"
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        import re2
+
+        options = re2.Options()
+        options.max_mem = 64 << 20
+        options.never_capture = True
+        alternation = "|".join(f"(?:{'(?i)' if t.caseless else ''}{t.pattern})" for t in triggers)
+        self._rx = re2.compile(alternation, options)
+        self._all = set(range(len(triggers)))
+
+    def fired(self, text: str) -> set[int] | None:
+        try:
+            return set(self._all) if self._rx.search(text) else set()
+        except UnicodeEncodeError:
+            return None
+
+
+class HyperscanEngine:
+    name = "hyperscan"
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        import hyperscan
+
+        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        flags = [
+            hyperscan.HS_FLAG_SINGLEMATCH | (hyperscan.HS_FLAG_CASELESS if t.caseless else 0)
+            for t in triggers
+        ]
+        self._db.compile(
+            expressions=[t.pattern.encode("utf-8") for t in triggers],
+            ids=list(range(len(triggers))),
+            elements=len(triggers),
+            flags=flags,
+        )
+        self._scratch = hyperscan.Scratch(self._db)
+        self._hits: set[int] = set()
+
+        def on_match(id_: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+            self._hits.add(id_)
+
+        self._on_match = on_match
+
+    def fired(self, text: str) -> set[int] | None:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        hits = self._hits = set()
+        self._db.scan(data, match_event_handler=self._on_match, scratch=self._scratch)
+        return hits
+
+
+ENGINES: dict[str, type[PyReEngine | Re2SetEngine | Re2AltEngine | HyperscanEngine]] = {
+    "hyperscan": HyperscanEngine,
+    "re2-set": Re2SetEngine,
+    "re2-alt": Re2AltEngine,
+    "re": PyReEngine,
+}
+
+
+def build_engine(name: str, triggers: Sequence[Trigger]) -> Engine:
+    """``name`` is one of ENGINES or "auto": the fastest available (see redaction_results)."""
+    if name != "auto":
+        engine: Engine = ENGINES[name](triggers)
+        return engine
+    for candidate in AUTO_ORDER:
+        try:
+            return ENGINES[candidate](triggers)
+        except ImportError:
+            continue
+    return PyReEngine(triggers)
+
+
+AUTO_ORDER: tuple[str, ...] = ("hyperscan", "re2-set", "re")
