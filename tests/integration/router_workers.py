@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -16,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.jobs.processes import Cluster, start_job, stop_jobs
 from streams.traffic import TrafficGenerator, TrafficMix
 from tests.integration.conftest import Stack
 from tests.integration.test_router import NOW, watermark
@@ -23,24 +21,15 @@ from tests.integration.test_router import NOW, watermark
 RECORDS = 20_000
 
 
+LOG_DIR = Path(tempfile.gettempdir()) / "streams-test-workers"
+
+
+def cluster_of(stack: Stack) -> Cluster:
+    return Cluster(stack.bootstrap, stack.registry_url, stack.config, LOG_DIR)
+
+
 def start_worker(stack: Stack, worker_id: str) -> subprocess.Popen[bytes]:
-    prefix = stack.config.topics.request_logs.removesuffix("request-logs")
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "SCHEMA_REGISTRY_URL": stack.registry_url,
-        "STREAMS_TOPIC_PREFIX": prefix,
-        "STREAMS_WORKER_ID": worker_id,
-    }
-    log_dir = Path(tempfile.gettempdir()) / "streams-test-workers"
-    log_dir.mkdir(exist_ok=True)
-    log = open(log_dir / f"{prefix}router-{worker_id}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.jobs.router"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return start_job(cluster_of(stack), "router", worker_id)
 
 
 @contextmanager
@@ -49,14 +38,7 @@ def workers(stack: Stack, *ids: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_jobs(procs)
 
 
 def high_watermark(stack: Stack, field: str) -> int:

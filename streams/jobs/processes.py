@@ -1,0 +1,81 @@
+"""Run jobs as separate worker processes, the way they are deployed.
+
+Used by the demo, ``streams verify`` and the tests that kill workers: each job
+is ``python -m streams.jobs.<name>`` configured only through the environment
+(bootstrap, registry, topic prefix, worker id, and for retention its clock
+file and state directory). Output goes to one log file per worker, which the
+canary check reads too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.policy.config import PolicyConfig
+
+JOBS = ("router", "retention", "usage", "safety_evaluation")
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    bootstrap: str
+    registry_url: str
+    config: PolicyConfig
+    log_dir: Path
+
+    @property
+    def prefix(self) -> str:
+        return self.config.topics.request_logs.removesuffix("request-logs")
+
+
+def start_job(
+    cluster: Cluster, job: str, worker_id: str = "0", extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    cluster.log_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap,
+        "SCHEMA_REGISTRY_URL": cluster.registry_url,
+        "STREAMS_TOPIC_PREFIX": cluster.prefix,
+        "STREAMS_WORKER_ID": worker_id,
+        "STREAMS_METRICS_PORT": "off",
+        **(extra_env or {}),
+    }
+    log = open(cluster.log_dir / f"{cluster.prefix}{job}-{worker_id}.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", f"streams.jobs.{job}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_jobs(processes: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextmanager
+def running(
+    cluster: Cluster, *jobs: str, extra_env: Mapping[str, str] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start one worker of each job; stop them all (SIGTERM, then SIGKILL) on exit."""
+    processes = [start_job(cluster, job, extra_env=extra_env) for job in jobs]
+    try:
+        yield processes
+    finally:
+        stop_jobs(processes)
