@@ -13,6 +13,7 @@ runs the router itself against the embedded broker.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -138,6 +139,24 @@ class CanaryRun:
         }
         record.update(overrides)
         return record
+
+    @property
+    def request_ids(self) -> set[str]:
+        return {f"{case.name}-{self.run_id}" for case in CASES if case.name != "zdr_bad_record"}
+
+    def wait_until_decided(self, bootstrap: str, timeout_s: float = 120.0) -> bool:
+        """Wait for the running jobs' audit records (R16) of every canary request."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            audited = {
+                key.decode(errors="replace")
+                for key, _, _, _ in read_topic(bootstrap, self.config.topics.audit, 0.5)
+                if key is not None
+            }
+            if self.request_ids <= audited:
+                return True
+            time.sleep(1)
+        return False
 
     def produce(self, bootstrap: str) -> int:
         """Write the controls, flags, deletion and canary requests; returns the request count."""
@@ -281,12 +300,24 @@ def verify(
     bootstrap: str,
     config: PolicyConfig,
     contracts: Contracts,
-    run_jobs: Callable[[int], object],
     now_ms: int,
+    run_jobs: Callable[[int], object] | None = None,
     scan_paths: Iterable[Path] = (),
+    timeout_s: float = 120.0,
 ) -> Report:
-    """Produce canaries, let ``run_jobs(expected_inputs)`` process them, then check."""
+    """Produce canaries, let the jobs process them, then check.
+
+    ``run_jobs(expected_inputs)`` runs embedded jobs over the canaries; without it the jobs
+    are already running (another cluster, the demo's workers) and the check waits for
+    their audit records of every canary request.
+    """
     run = CanaryRun(config, contracts, now_ms)
     expected = run.produce(bootstrap)
-    run_jobs(expected)
+    if run_jobs is not None:
+        run_jobs(expected)
+    elif not run.wait_until_decided(bootstrap, timeout_s):
+        report = Report()
+        report.missing.append("the jobs did not decide every canary request in time")
+        return report
+    time.sleep(1)  # let asynchronous downstream jobs (retention, safety evaluation) catch up
     return run.check(bootstrap, scan_paths)

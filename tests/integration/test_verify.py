@@ -36,8 +36,8 @@ def test_canaries_never_reach_forbidden_places_R1_R2_R9_R11_R12_R15_R17(
             stack.bootstrap,
             stack.config,
             stack.contracts,
-            lambda expected: run_router(stack, expected),
             int(time.time() * 1000),
+            run_jobs=lambda expected: run_router(stack, expected),
             scan_paths=[log_file],
         )
     finally:
