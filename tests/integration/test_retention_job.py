@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.jobs.retention import write_clock
@@ -309,6 +310,17 @@ def legal_hold(
     }
 
 
+def produce_like_the_router(stack: Stack, records: list[dict[str, Any]]) -> None:
+    """Log-store records as the router writes them: lz4-compressed, CRC-32 partitioned."""
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "compression.type": "lz4"})
+    codec = stack.contracts.codec("log_store")
+    for record in records:
+        producer.produce(
+            stack.config.topics.log_store, key=record["request_id"], value=codec.encode(record)
+        )
+    assert producer.flush(30) == 0
+
+
 def sentinel_ids(tag: str) -> list[str]:
     """One request id per log-store partition."""
     chosen: dict[int, str] = {}
@@ -358,7 +370,7 @@ def test_retention_job_R4_R5_R6_R7_R15_R16_R17_on_the_real_broker(
         log_record("del-2", "org-del", T0 - DAY_MS),
         log_record("del-legal", "org-del", T0 + 5 * 60_000),
     ]
-    s.produce("log_store", [(r["request_id"], r) for r in records])
+    produce_like_the_router(s, records)
     s.produce("log_store", [("junk", b"\x00\x00\x00\x00\x01not avro at all")])
     w.start()
     ids = [r["request_id"] for r in records]
@@ -597,13 +609,17 @@ def run_kill_restart(
         expected = {
             f"bulk-{i}" for i in range(n) if not held_window[0] <= T0 + i * step < held_window[1]
         } - flagged
-        # Half the stream falls due; kill while the deletions are being written.
-        w.set_clock(T0 + 30 * DAY_MS + (n // 2) * step)
-        out.wait("deletions under way", lambda: len(out.deletions()) >= 300, timeout_s=120)
+        # Time runs through the whole stream in ~6 s of wall time; the worker is killed
+        # after ~2 s, while deletions are being written, and restarted at once.
+        start, end = T0 + 30 * DAY_MS, T0 + 30 * DAY_MS + n * step
+        clock = threading.Thread(target=_run_clock, args=(w, start, end, 6.0), daemon=True)
+        clock.start()
+        time.sleep(2.0)
         w.kill()
+        out.poll()
         before_restart = len(out.deletions())
         w.start()
-        w.set_clock(T0 + 30 * DAY_MS + n * step)
+        clock.join()
         out.wait(
             "every unheld record deleted",
             lambda: expected <= set(out.deletions()),
@@ -627,6 +643,16 @@ def run_kill_restart(
         out.close()
 
 
+def _run_clock(worker: Worker, start: int, end: int, seconds: float) -> None:
+    began = time.monotonic()
+    while True:
+        fraction = min(1.0, (time.monotonic() - began) / seconds)
+        worker.set_clock(int(start + (end - start) * fraction))
+        if fraction >= 1.0:
+            return
+        time.sleep(0.05)
+
+
 def test_R4_R5_R6_worker_sigkilled_mid_stream_misses_no_expiry_and_deletes_no_held_record(
     rstack: Stack, registries: Registries, tmp_path: Path
 ) -> None:
@@ -637,6 +663,7 @@ def test_R4_R5_R6_worker_sigkilled_mid_stream_misses_no_expiry_and_deletes_no_he
     assert result["missed"] == set()
     assert result["wrongly_deleted"] == set()
     assert result["duplicate_reviews"] == 0
+    assert 0 < result["deleted_before_kill"] < 2750, "the kill must land mid-stream"
     print(
         f"at-least-once kill/restart: {result['deleted_before_kill']} deleted before the kill, "
         f"{result['duplicates']} repeated deletion events"

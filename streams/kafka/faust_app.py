@@ -1,0 +1,155 @@
+"""A faust App for our stream jobs: broker, topic prefix, raw bytes in and out, state dir.
+
+Values travel through faust as raw bytes and are decoded by the job with the project's
+Avro contracts (``streams.kafka.serde``) inside the agent, so a record that does not
+decode becomes a dead letter (R17) instead of an exception in faust's deserializer.
+
+Faust names its own topics (table changelogs, the leader topic) after the app id; the app
+id carries the topic prefix of the configuration (``PolicyConfig.with_topics_prefix``), so
+tests and demos sharing one broker never share a changelog.
+
+Partitioning: faust's producer (aiokafka) hashes keys with murmur2, while every other
+producer of this project (confluent-kafka, librdkafka's default ``consistent_random``)
+hashes with CRC-32. Jobs therefore pick the partition of every record they write
+themselves with ``partition_for`` so a key lands where the router would have put it
+(a log-store tombstone must land on its record's partition, or compaction never deletes).
+
+Used by the retention job; the usage job can build its app the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka.admin import AdminClient, NewTopic
+from faust.types import TopicT
+
+from streams.policy.config import Topics
+
+log = logging.getLogger(__name__)
+
+AT_LEAST_ONCE = "at_least_once"
+EXACTLY_ONCE = "exactly_once"
+
+
+def topic_prefix(topics: Topics) -> str:
+    """The prefix ``Topics.with_prefix`` put in front of every name ('' for the defaults)."""
+    return topics.request_logs.removesuffix(Topics().request_logs)
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (``consistent_random``) picks for a key."""
+    data = key.encode() if isinstance(key, str) else key
+    return zlib.crc32(data) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class FaustSettings:
+    """What a job's faust App needs; everything else is fixed here for every job."""
+
+    job: str  # "retention", "usage": with the topic prefix, the app id and consumer group
+    bootstrap_servers: str
+    topics: Topics
+    state_dir: Path
+    processing_guarantee: str = AT_LEAST_ONCE
+    commit_interval_s: float = 1.0
+    partitions: int = 6  # default partition count of the topics faust creates
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def app_id(self) -> str:
+        return f"{topic_prefix(self.topics)}{self.job}"
+
+
+def build_app(settings: FaustSettings) -> faust.App:
+    """A faust App wired to our broker: raw bytes, memory tables backed by changelogs."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{host}" for host in settings.bootstrap_servers.split(",") if host]
+    options: dict[str, Any] = {
+        "broker": brokers,
+        "store": "memory://",
+        "datadir": str(settings.state_dir),
+        "web_enabled": False,  # no HTTP port per worker; metrics go through logs/topics
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "topic_replication_factor": 1,
+        "topic_partitions": settings.partitions,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": settings.commit_interval_s,
+        "processing_guarantee": settings.processing_guarantee,
+        "producer_acks": -1,
+        # A crashed worker's partitions move on within seconds (the retention job's
+        # deletion bound is a minute; faust's default session timeout alone is a minute).
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
+        "stream_buffer_maxsize": 4096,
+        "producer_linger": 0.005,  # changelog writes travel in batches, not one per request
+    }
+    options.update(settings.extra)
+    # Never log record values: faust and aiokafka print keys and values at DEBUG level.
+    for name in ("faust", "aiokafka", "mode"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.INFO:  # NOTSET (0) would inherit a DEBUG root
+            logger.setLevel(logging.INFO)
+    return faust.App(settings.app_id, **options)
+
+
+def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> TopicT:
+    """A topic (or several consumed together) whose keys and values stay bytes."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+def ensure_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create a job-internal topic faust does not declare itself (e.g. a command topic)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    if name in admin.list_topics(timeout=timeout).topics:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+            )
+        ],
+        operation_timeout=timeout,
+    )
+    for future in futures.values():
+        try:
+            future.result()
+        except Exception as exc:  # another worker created it first
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def partition_counts(
+    bootstrap_servers: str, names: list[str], timeout: float = 30.0
+) -> dict[str, int]:
+    """The partition count of each topic (they must exist)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    metadata = admin.list_topics(timeout=timeout)
+    counts: dict[str, int] = {}
+    for name in names:
+        info = metadata.topics.get(name)
+        if info is None or info.error is not None:
+            raise RuntimeError(f"topic {name} does not exist")
+        counts[name] = len(info.partitions)
+    return counts
