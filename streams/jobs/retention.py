@@ -556,14 +556,16 @@ class RetentionJob:
         outputs: list[_Out] = []
         decided: list[tuple[list[Effect], Source, int]] = []
         follow_ups: dict[int, int] = {}
-        touched: set[int] = set()
+        # The stores this batch staged into are the ones committed, whatever a rebalance
+        # does meanwhile (faust waits for in-flight events before revoking, by default).
+        touched: dict[int, StagedStore] = {}
         for event in events:
             message = event.message
             partition = message.partition
             source = Source(message.topic, partition, message.offset)
             book = self.book(partition)
             store = self._stores[partition]
-            touched.add(partition)
+            touched.setdefault(partition, store)
             try:
                 if message.topic == self.topics.log_store:
                     effects, now = self._on_log_value(
@@ -577,7 +579,8 @@ class RetentionJob:
             except Exception as exc:  # a bug must not stop retention for everyone (R17)
                 store.end_event(keep=False)
                 self.books.pop(partition, None)  # rebuilt from the tables at the next event
-                log.exception("retention decision failed at %s (%s)", source.id, type(exc).__name__)
+                # The class only: an exception's message could quote a record's content.
+                log.error("retention decision failed at %s (%s)", source.id, type(exc).__name__)
                 outputs += self._dead_letter(
                     source, message.key, "retention decision failed", exc, None, self.clock()
                 )
@@ -586,10 +589,8 @@ class RetentionJob:
             decided.append((effects, origin, now))
         outputs += await self._outputs(decided)
         await self._send(outputs)  # acknowledged by the broker ...
-        for partition in touched:
-            staged = self._stores.get(partition)
-            if staged is not None:
-                staged.commit()  # ... before the tables record the decisions
+        for staged in touched.values():
+            staged.commit()  # ... before the tables record the decisions
         if follow_ups:  # R4: a backlog larger than one tick continues at once
             await self._send([self._tick_command(p, now) for p, now in follow_ups.items()])
 
