@@ -206,15 +206,10 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         "STREAMS_STATE_DIR": str(tmp / "state"),
         "STREAMS_TICK_S": "0.5",
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.jobs.retention"],
-        env=env,
-        stdout=open(tmp / "worker.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(env, tmp)
     try:
         # An idle worker first (joined, books built), then its RSS as the base.
-        wait_for_log(tmp / "worker.log", "book rebuilt", 120)
+        wait_for_log(tmp / "worker.log", "books rebuilt", 120)
         time.sleep(2)
         base_rss = rss_bytes(worker.pid)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
@@ -230,6 +225,14 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         track_rate = n / (tracked_at - started)
         time.sleep(2)
         tracked_rss = rss_bytes(worker.pid)
+        # A crash and restart: time until the tables are recovered from their changelogs
+        # and every book is rebuilt.
+        worker.kill()
+        worker.wait(30)
+        started = time.perf_counter()
+        worker = start_worker(env, tmp)
+        wait_for_log(tmp / "worker.log", f"{n} tracked records", 600)
+        recovery_s = time.perf_counter() - started
         # Everything falls due: from the clock's move to the last deletion event.
         started = time.perf_counter()
         write_clock(clock, T0 + 30 * DAY_MS + 1000)
@@ -289,8 +292,18 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         "job_track_per_s": track_rate,
         "job_rss_bytes_per_record": (tracked_rss - base_rss) / n,
         "job_expiries_per_s": expiry_rate,
+        "job_restart_recovery_s": recovery_s,
         "baseline_plain_produce_expiries_per_s": baseline_rate,
     }
+
+
+def start_worker(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.jobs.retention"],
+        env=env,
+        stdout=open(tmp / "worker.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for_log(path: Path, text: str, timeout_s: float) -> None:
@@ -330,6 +343,7 @@ def main() -> None:
     print(f"real job (faust worker, local broker), {r['records']:,} records")
     print(f"  tracking (log store -> audit) {r['job_track_per_s']:10,.0f} records/s")
     print(f"  worker RSS per tracked record {r['job_rss_bytes_per_record']:10.0f} B")
+    print(f"  restart after SIGKILL         {r['job_restart_recovery_s']:10.1f} s to recover all")
     print(f"  expiries written              {r['job_expiries_per_s']:10,.0f} records/s")
     print(
         f"  baseline plain produce        {r['baseline_plain_produce_expiries_per_s']:10,.0f}"

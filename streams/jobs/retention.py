@@ -22,9 +22,12 @@ Content for safety review (R5) is never kept in state: the tracked offset is rea
 from the log store (compaction keeps the latest value of a key, and the tracked offset is
 that value's until the job itself tombstones it).
 
-Delivery: at-least-once with idempotent outputs (see docs in ``streams.policy.retention``):
-per event the job writes every output, waits for the broker's acknowledgements, and only
-then writes its table changes, so a crash can repeat an output but never lose a deletion.
+Delivery: at-least-once with idempotent outputs (see ``streams.policy.retention``): for
+each batch of events the job writes every output, waits for the broker's
+acknowledgements, and only then writes its table changes (and faust commits the batch's
+offsets after that), so a crash can repeat an output but never lose a deletion.
+faust-streaming's own ``exactly_once`` was tried and fails a SIGKILL test (see
+``tests/integration/test_retention_job.py::test_faust_exactly_once_probe_R4``).
 Tombstones and deletion events are keyed by request id, reviews by flag/request id, audit
 records carry a decision id derived from the input's coordinates.
 
@@ -220,6 +223,9 @@ class StagedStore:
     def __len__(self) -> int:
         return sum(1 for _ in self.scan())
 
+    def has_pending(self) -> bool:
+        return bool(self._pending or self._event)
+
     def end_event(self, keep: bool) -> None:
         if keep:
             self._pending.update(self._event)
@@ -313,10 +319,10 @@ class _Out:
 class OutputProducer:
     """Writes the job's outputs with librdkafka (idempotent, acks=all) and waits for them.
 
-    faust's own producer (pure-Python aiokafka) carries the table changelogs and the
-    job's commands; the outputs, several per decision, go through confluent-kafka like
-    every other producer of the project: 8x the throughput measured with faust's
-    producer (benchmarks/retention_bench.py), and the same CRC-32 partitioner.
+    faust's own producer (pure-Python aiokafka) carries the table changelogs; the outputs,
+    several per decision, go through confluent-kafka like every other producer of the
+    project: about twice the expiries/s of faust's producer in
+    benchmarks/retention_bench.py, and the same CRC-32 partitioner.
     """
 
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
@@ -391,8 +397,6 @@ class OutputError(RuntimeError):
 
 
 # --- the job -----------------------------------------------------------------------------
-
-
 class RetentionJob:
     """Wires the policy (``RetentionBook`` per partition) into a faust app."""
 
@@ -489,16 +493,40 @@ class RetentionJob:
     def book(self, partition: int) -> RetentionBook:
         book = self.books.get(partition)
         if book is None:
-            # A book dropped after a failed decision keeps its store's staged writes.
-            store = self._stores.get(partition)
-            if store is None:
-                store = StagedStore(self.tracked, self.facts, partition)
-            started = time.monotonic()
-            book = RetentionBook(self.config, store, partition, self.partitions)
-            self.books[partition] = book
-            self._stores[partition] = store
-            log.info("partition %d: book rebuilt in %.2fs", partition, time.monotonic() - started)
+            self._build_books(partition)
+            book = self.books[partition]
         return book
+
+    def _build_books(self, partition: int) -> None:
+        """Books for ``partition`` and every other owned partition lacking one, from one
+        pass over the recovered table (a book is built at its partition's first event)."""
+        started = time.monotonic()
+        owned = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.topics.log_store
+        }
+        missing = {p for p in owned | {partition} if p not in self.books}
+        rows: dict[int, list[Tracked]] = {p: [] for p in missing}
+        for request_id, data in list(self.tracked.data.items()):
+            record = Tracked.decode(request_id, data)
+            if record.partition in rows:
+                rows[record.partition].append(record)
+        for p in sorted(missing):
+            # A book dropped after a failed decision keeps its store's staged writes.
+            store = self._stores.get(p)
+            if store is None:
+                store = StagedStore(self.tracked, self.facts, p)
+            book = RetentionBook(self.config, store, p, self.partitions, load=False)
+            book.load(rows[p] if not store.has_pending() else None)
+            self.books[p] = book
+            self._stores[p] = store
+        log.info(
+            "books rebuilt for partitions %s: %d tracked records in %.2fs",
+            sorted(missing),
+            sum(len(r) for r in rows.values()),
+            time.monotonic() - started,
+        )
 
     # --- controls: flags, legal holds, deletions ----------------------------------------
     async def _controls_agent(self, stream: faust.StreamT) -> None:

@@ -344,8 +344,12 @@ class RetentionBook:
             self.load()
 
     # --- recovery ------------------------------------------------------------------
-    def load(self) -> None:
-        """Rebuild holds, deletions and the schedule from the store (after a restart)."""
+    def load(self, records: Iterable[Tracked] | None = None) -> None:
+        """Rebuild holds, deletions and the schedule from the store (after a restart).
+
+        ``records``: this partition's tracked records when the caller already has them
+        (the job reads its table once for every partition); default ``store.scan()``.
+        """
         facts = sorted(self.store.facts(), key=lambda kv: _FACT_ORDER.get(json.loads(kv[0])[3], 9))
         for key, value in facts:
             kind = json.loads(key)[0]
@@ -356,7 +360,7 @@ class RetentionBook:
             elif kind == "deletion":
                 request = AccountDeletionRequest(**value)
                 self._note_deletion(request)
-        for record in self.store.scan():
+        for record in self.store.scan() if records is None else records:
             self._schedule(record.request_id, self.due_at(record))
 
     # --- queries -------------------------------------------------------------------
