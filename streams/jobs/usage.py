@@ -38,21 +38,25 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
 
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
+from streams.kafka.stateful import (
+    PartitionedOutput,
+    StatefulLoop,
+    StateReader,
+    ensure_copartitioned_topic,
+)
+from streams.kafka.transactional import LoopConfig, Output, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.models import InvalidRecord, Route
@@ -92,13 +96,6 @@ def state_topic(config: PolicyConfig) -> str:
 def group_id(config: PolicyConfig) -> str:
     """Consumer group and transactional-id prefix: ``<prefix>usage`` (R18 ACLs grant it)."""
     return config.topics.usage_events.removesuffix("usage-events") + JOB
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionedOutput(Output):
-    """An output written to an explicit partition (the state changelog is co-partitioned)."""
-
-    partition: int = -1
 
 
 # --- shared by both engines ------------------------------------------------------------
@@ -292,75 +289,35 @@ def seen_value(event: UsageEvent) -> bytes:
 
 
 class StateRestorer:
-    """Rebuilds one partition's aggregator from the state changelog, exactly.
-
-    Reads ``read_committed`` from the beginning until the position reaches the partition's
-    end as it was when the restore started (high watermark, uncommitted): the consumer can
-    only get there once every transaction that wrote to the partition is resolved, so a
-    crashed predecessor's commit is either wholly in the state or wholly not, like its
-    offsets.
-    """
+    """Rebuilds one partition's aggregator from the state changelog, exactly
+    (``streams.kafka.stateful.StateReader``: committed transactions only, none pending)."""
 
     def __init__(self, bootstrap_servers: str, topic: str, timeout_s: float = 120.0) -> None:
-        self.topic = topic
-        self.timeout_s = timeout_s
-        base = {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.auto.commit": False,
-            "group.id": f"{JOB}-restore-{uuid.uuid4().hex[:8]}",
-        }
-        self._reader = Consumer(
-            {**base, "isolation.level": "read_committed", "enable.partition.eof": False}
-        )
-        self._probe = Consumer({**base, "isolation.level": "read_uncommitted"})
+        self.reader = StateReader(bootstrap_servers, topic, timeout_s)
 
     def restore(self, partition: int, settings: UsageSettings) -> UsageAggregator:
-        tp = TopicPartition(self.topic, partition)
-        _, end = self._probe.get_watermark_offsets(tp, timeout=15)
-        aggregator = UsageAggregator(settings)
-        live: dict[str, tuple[MetricKey, int, int]] = {}
-        if end > 0:
-            self._reader.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + self.timeout_s
-            try:
-                while self._reader.position([tp])[0].offset < end:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"state partition {partition} not restored in time")
-                    for message in self._reader.consume(5000, 0.2):
-                        if message.error() is None:
-                            self._apply(message, live)
-            finally:
-                self._reader.unassign()
-        sums: dict[MetricKey, list[int]] = {}
-        for key, (metric, in_tokens, out_tokens) in live.items():
-            start, digest = parse_seen_key(key)
-            aggregator.restore_seen(start, digest)
-            total = sums.setdefault(metric, [0, 0, 0])
-            total[0] += 1
-            total[1] += in_tokens
-            total[2] += out_tokens
-        for metric, values in sums.items():
-            aggregator.restore_totals(metric, Totals.from_list(values))
-        return aggregator
-
-    @staticmethod
-    def _apply(message: Message, live: dict[str, tuple[MetricKey, int, int]]) -> None:
-        raw_key = message.key()
-        if raw_key is None:
-            return
-        key = raw_key.decode()
-        value = message.value()
-        if value is None:
-            live.pop(key, None)
-            return
-        start, _ = parse_seen_key(key)
-        data = json.loads(value)
-        org, endpoint, model = data["k"]
-        live[key] = (MetricKey(org, endpoint, model, start), int(data["i"]), int(data["o"]))
+        return aggregator_from_state(self.reader.read(partition), settings)
 
     def close(self) -> None:
-        self._reader.close()
-        self._probe.close()
+        self.reader.close()
+
+
+def aggregator_from_state(live: dict[bytes, bytes], settings: UsageSettings) -> UsageAggregator:
+    """The totals are the sums over the counted requests of the open windows."""
+    aggregator = UsageAggregator(settings)
+    sums: dict[MetricKey, list[int]] = {}
+    for raw_key, raw_value in live.items():
+        start, digest = parse_seen_key(raw_key.decode())
+        data = json.loads(raw_value)
+        org, endpoint, model = data["k"]
+        aggregator.restore_seen(start, digest)
+        total = sums.setdefault(MetricKey(org, endpoint, model, start), [0, 0, 0])
+        total[0] += 1
+        total[1] += int(data["i"])
+        total[2] += int(data["o"])
+    for metric, values in sums.items():
+        aggregator.restore_totals(metric, Totals.from_list(values))
+    return aggregator
 
 
 class UsageProcessor:
@@ -377,6 +334,7 @@ class UsageProcessor:
         self.state = state
         self.restorer = restorer
         self.expire_every_s = expire_every_s
+        self.metrics = core.metrics
         self.aggregators: dict[int, UsageAggregator] = {}
         self._next_expiry = 0.0
 
@@ -397,6 +355,9 @@ class UsageProcessor:
                 time.monotonic() - started,
             )
         return aggregator
+
+    def arrange(self, outputs: list[Output]) -> list[Output]:
+        return outputs
 
     def forget(self, partitions: list[int] | None = None) -> None:
         """Drop state (revoked partitions, or everything after an aborted transaction)."""
@@ -444,99 +405,11 @@ class UsageProcessor:
         ]
 
 
-class UsageLoop(TransactionalLoop):
-    """The project's transactional loop with the three things state needs.
-
-    - records of the state changelog go to their explicit (co-partitioned) partition;
-    - state of revoked partitions is dropped, and a batch during which partitions were
-      revoked is not committed but re-read (its offsets may belong to another worker by
-      now); after an aborted transaction all state is dropped and restored again;
-    - consumer lag is published to the metrics endpoint.
-    """
-
-    processor: UsageProcessor
-
-    def __init__(self, config: LoopConfig, processor: UsageProcessor) -> None:
-        super().__init__(config, processor)
-        self._revoked_in_step = False
-
-    def step(self) -> None:
-        self._revoked_in_step = False
-        super().step()
-        self.processor.core.metrics.observe_consumer_lag(self.consumer)
-
-    def _produce(self, out: Output) -> None:
-        if isinstance(out, PartitionedOutput) and out.partition >= 0:
-            while True:
-                try:
-                    self.producer.produce(
-                        out.topic, key=out.key, value=out.value, partition=out.partition
-                    )
-                    return
-                except BufferError:
-                    self.producer.poll(0.05)
-        super()._produce(out)
-
-    def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
-        if self._revoked_in_step:
-            log.info("partitions revoked mid-batch: batch discarded, re-reading")
-            self.processor.forget()
-            self._rewind()
-            return
-        transactions = self.transactions
-        super()._commit(outputs, offsets)
-        if self.transactions == transactions and (outputs or offsets):
-            # aborted (the loop rewound to the committed offsets): state must follow
-            self.processor.forget()
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        super()._on_revoke(consumer, partitions)
-        self._revoked_in_step = True
-        self.processor.forget([tp.partition for tp in partitions])
-
-
-def ensure_state_topic(bootstrap_servers: str, config: PolicyConfig, timeout: float = 30.0) -> str:
-    """Create the compacted state changelog with as many partitions as usage-events."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    name = state_topic(config)
-    metadata = admin.list_topics(timeout=timeout).topics
-    source = metadata.get(config.topics.usage_events)
-    if source is None or source.error is not None:
-        raise RuntimeError(f"topic {config.topics.usage_events} does not exist")
-    partitions = len(source.partitions)
-    existing = metadata.get(name)
-    if existing is not None and existing.error is None:
-        if len(existing.partitions) != partitions:
-            raise RuntimeError(f"{name} must have {partitions} partitions (co-partitioned)")
-        return name
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                name,
-                num_partitions=partitions,
-                replication_factor=1,
-                config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-            )
-        ],
-        operation_timeout=timeout,
+def ensure_state_topic(bootstrap_servers: str, config: PolicyConfig) -> str:
+    """The compacted state changelog, with as many partitions as usage-events."""
+    return ensure_copartitioned_topic(
+        bootstrap_servers, state_topic(config), config.topics.usage_events
     )
-    for future in futures.values():
-        try:
-            future.result()
-        except Exception as exc:  # another worker created it first
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = admin.list_topics(name, timeout=timeout).topics.get(name)
-        if (
-            info is not None
-            and info.error is None
-            and all(p.leader >= 0 for p in info.partitions.values())
-        ):
-            break
-        time.sleep(0.1)
-    return name
 
 
 def build_usage_loop(
@@ -547,7 +420,7 @@ def build_usage_loop(
     settings: UsageSettings | None = None,
     metrics: JobMetrics | None = None,
     clock: Callable[[], int] = wall_clock_ms,
-) -> tuple[UsageLoop, UsageProcessor]:
+) -> tuple[StatefulLoop, UsageProcessor]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     contracts.register_all()  # fail fast, and the same schema ids in every process
     metrics = metrics or JobMetrics(JOB)
@@ -555,7 +428,7 @@ def build_usage_loop(
     state = ensure_state_topic(bootstrap_servers, config)
     processor = UsageProcessor(core, state, StateRestorer(bootstrap_servers, state))
     group = group_id(config)
-    loop = UsageLoop(
+    loop = StatefulLoop(
         LoopConfig(
             bootstrap_servers=bootstrap_servers,
             group_id=group,

@@ -37,6 +37,7 @@ from streams.jobs.usage import (
 )
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Contracts, registry_client
+from streams.kafka.stateful import StateReader
 from streams.kafka.topics import ensure_topics
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS, HOUR_MS
@@ -129,11 +130,18 @@ def produce_events(stack: Stack, events: list[dict[str, Any]]) -> None:
 
 # --- output ------------------------------------------------------------------------------
 def final_metrics(stack: Stack) -> dict[str, dict[str, Any]]:
-    """The compacted view: the last upsert of every key."""
+    """The compacted view: the last upsert of every key, every partition read to its end
+    (``StateReader`` waits out transactions still open, e.g. a killed worker's)."""
+    topic = stack.config.topics.usage_metrics
+    codec = stack.contracts.codec("usage_metrics")
+    reader = StateReader(stack.bootstrap, topic, timeout_s=90)
     latest: dict[str, dict[str, Any]] = {}
-    for key, value in stack.read("usage_metrics", idle_timeout_s=1.0):
-        assert key is not None and isinstance(value, dict)
-        latest[key] = value
+    try:
+        for partition in end_offsets(stack.bootstrap, topic):
+            for key, value in reader.read(partition).items():
+                latest[key.decode()] = codec.decode(value)
+    finally:
+        reader.close()
     return latest
 
 
@@ -459,7 +467,10 @@ def test_R3_killed_worker_partitions_move_to_a_survivor_totals_exact(
     try:
         first.start()
         second.start()
-        time.sleep(3)  # both in the group before the input arrives
+        deadline = time.monotonic() + 60  # both in the group before the input arrives
+        while "assigned 3 partitions" not in second.log_text() + first.log_text():
+            assert time.monotonic() < deadline, first.log_text()[-2000:]
+            time.sleep(0.1)
         produce_events(stack, events)
         metrics_topic = stack.config.topics.usage_metrics
         deadline = time.monotonic() + 120
