@@ -53,8 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._address import TRIGGERS as _ADDRESS_TRIGGERS
-from ._address import find_addresses
+from ._address import DETECTORS as _ADDRESS_DETECTORS
 from ._detectors import DETECTORS
 from ._engine import Engine, build_engine
 from ._names import TRIGGERS as _NAME_TRIGGERS
@@ -120,9 +119,7 @@ class Redactor:
     """
 
     def __init__(self, engine: str = "auto") -> None:
-        detectors: list[Detector] = list(DETECTORS)
-        detectors.append(Detector("address", _ADDRESS_TRIGGERS, find_addresses))
-        self._detectors = tuple(detectors)
+        self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS
         triggers: list[Trigger] = []
         owners: list[int] = []
         for index, detector in enumerate(self._detectors):
@@ -131,6 +128,9 @@ class Redactor:
         triggers.extend(_NAME_TRIGGERS)
         owners.extend([_NAMES] * len(_NAME_TRIGGERS))
         self._owners = tuple(owners)
+        self._gated = tuple(
+            (i, d.gate) for i, d in enumerate(self._detectors) if d.gate is not None
+        )
         self._engine: Engine = build_engine(engine, triggers)
         self.engine = self._engine.name
 
@@ -144,6 +144,9 @@ class Redactor:
             owners = set(range(len(self._detectors))) | {_NAMES}
         else:
             owners = {self._owners[i] for i in fired}
+        for index, gate_fn in self._gated:
+            if gate_fn(text):
+                owners.add(index)
         cue = _NAMES in owners
         owners.discard(_NAMES)
         if not owners and not cue and not gate(text):

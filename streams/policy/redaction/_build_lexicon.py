@@ -79,7 +79,9 @@ def _cased(values: Iterable[object]) -> Iterator[str]:
 
 
 def _places() -> set[str]:
-    """Words of country names and of US/CA/AU/GB state, province and county names (English)."""
+    """Words of country names, US/CA/AU/GB state, province and county names (English) and the
+    cities of the IANA time-zone names (stdlib ``zoneinfo``: "Europe/Berlin")."""
+    import zoneinfo
 
     out: set[str] = set()
     for locale in ("en", "en_US", "en_CA", "en_AU", "en_GB"):
@@ -88,6 +90,9 @@ def _places() -> set[str]:
             value = vars(provider).get(attr)
             if isinstance(value, tuple | list):
                 out.update(_cased(value))
+    for zone in zoneinfo.available_timezones():
+        out.update(_cased([zone.rsplit("/", 1)[-1].replace("_", " ")]))
+    # (Faker geo.land_coords towns were tried: too many are also surnames.)
     return out
 
 
@@ -198,8 +203,8 @@ def main() -> None:
         "FIRST_NAMES / SURNAMES: Faker person providers (MIT) and the 1990 US Census name files",
         "(public domain, via the `names` package, MIT). COMMON_WORDS: English words (Webster's",
         "2nd word list via `english-words`, word counts over local documentation, Faker's lorem",
-        "list; see _english_words). PLACES: words of country names and of US/Canadian/Australian/",
-        'British state, province and county names."""',
+        "list; see _english_words). PLACES: words of country, state, province and county names,",
+        'and time-zone cities."""',
         "",
         f'FIRST_NAMES = """\n{_block(first)}\n"""',
         "",

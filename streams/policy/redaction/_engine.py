@@ -9,7 +9,8 @@ exact with respect to the triggers, so the redaction output does not depend on t
 * ``re2-set``:   one ``re2.Set`` (RE2::Set), one DFA pass reporting the matching indices;
 * ``re2-alt``:   one RE2 alternation of all triggers: a yes/no gate (it cannot tell which
   trigger fired without overlapping matches), then every detector runs;
-* ``re``:        Python ``re``, each trigger searched in turn (the baseline).
+* ``re``:        Python ``re``, each trigger searched in turn (the baseline);
+* ``none``:      no pre-filter, every detector's Python finder runs on every text.
 
 Texts that cannot be encoded to UTF-8 (lone surrogates from a lenient JSON decoder) make the
 native engines fail; the redactor then runs every detector (fail closed).
@@ -30,6 +31,18 @@ class Engine(Protocol):
     def fired(self, text: str) -> set[int] | None:
         """Indices of the triggers that match in ``text`` (``None``: could not tell, run all)."""
         ...
+
+
+class NoEngine:
+    """No pre-filter: every detector runs on every text (pure Python ``re`` finders)."""
+
+    name = "none"
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        pass
+
+    def fired(self, text: str) -> set[int] | None:
+        return None
 
 
 class PyReEngine:
@@ -118,11 +131,12 @@ class HyperscanEngine:
         return hits
 
 
-ENGINES: dict[str, type[PyReEngine | Re2SetEngine | Re2AltEngine | HyperscanEngine]] = {
+ENGINES: dict[str, type[NoEngine | PyReEngine | Re2SetEngine | Re2AltEngine | HyperscanEngine]] = {
     "hyperscan": HyperscanEngine,
     "re2-set": Re2SetEngine,
     "re2-alt": Re2AltEngine,
     "re": PyReEngine,
+    "none": NoEngine,
 }
 
 

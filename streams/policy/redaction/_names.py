@@ -42,12 +42,12 @@ UP = _char_class(str.isupper, _RANGES)
 LO = _char_class(str.islower, _RANGES)
 
 # A capitalised word: "Anna", "O'Brien", "McDonald", "Jean-Pierre", "D'Angelo".
-_WORD = f"(?:[{UP}]['’])?[{UP}][{LO}]+(?:[{UP}][{LO}]+)?(?:-[{UP}][{LO}]+)?"
+_WORD = f"[{UP}](?:['’][{UP}])?[{LO}]+(?:[{UP}][{LO}]+)?(?:-[{UP}][{LO}]+)?"
 _GATE = re.compile(f"[{UP}][{LO}]+")
 _INITIAL = f"[{UP}]\\.?"
 _PARTICLE = r"(?:van|von|der|den|de|da|das|do|dos|del|della|di|du|la|le|ter|ten|bin|ibn|al|el|y)"
 _CHUNK = re.compile(
-    f"(?<![\\w@.#/-])(?:{_WORD})(?:(?:[ ]{_PARTICLE})*[ ](?:{_WORD}|{_INITIAL}(?=[ ]{_WORD})))*"
+    f"{_WORD}(?:(?:[ ]{_PARTICLE})*[ ](?:{_WORD}|{_INITIAL}(?=[ ]{_WORD})))*"
     f"(?![\\w@-]|['’](?![sS]\\b)|\\.\\w)"
 )
 _TOKEN = re.compile(f"{_WORD}|{_INITIAL}|{_PARTICLE}")
@@ -83,7 +83,7 @@ _SURNAME_ENDINGS = tuple(
 TRIGGERS: tuple[Trigger, ...] = (
     Trigger(r"(?i:my name is|my name's|name:|call me|i am|i'm)[ \t]+[^\s0-9]"),
     Trigger(r"(?i:" + STRONG_CUES + r")[ \t]*[:,]?[ \t]*[^\sa-z0-9]"),
-    Trigger(r"(?i:mr|mrs|ms|miss|mx|dr|prof|sir|dame|rev|herr|frau|mme|mlle)\.?[ \t]+[^\sa-z0-9]"),
+    Trigger(r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+[^\sa-z0-9]"),
 )
 
 _NAMES = FIRST_NAMES | SURNAMES
@@ -143,15 +143,23 @@ class _Chunk:
 
 def find_names(text: str, low: str | None, cue_fired: bool) -> list[Span]:
     """PERSON spans; spans that need other personal data nearby (a name line at the top of
-    a contact block) are returned with label ``PERSON?`` for the caller to confirm."""
-    if not cue_fired and not gate(text):
+    a contact block) are returned with label ``PERSON?`` for the caller to confirm.
+
+    ``cue_fired``: the engine saw a context-phrase trigger (else no context rule can apply).
+    Rules that need no context phrase only apply when the lexicon gate passes, so the result
+    does not depend on the engine."""
+    lexicon = gate(text)
+    if not cue_fired and not lexicon:
         return []
     lowered = low if low is not None and len(low) == len(text) else text.lower()
     chunks: list[_Chunk] = []
     for m in _CHUNK.finditer(text):
-        chunks.extend(_split(m.start(), m.group()))
+        s = m.start()
+        if s and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-"):
+            continue  # inside an identifier, e-mail, path or URL
+        chunks.extend(_split(s, m.group()))
     for c in chunks:
-        c.status = _judge(text, lowered, c)
+        c.status = _judge(text, lowered, c, lexicon)
     _organisations(text, chunks)
     _propagate(text, chunks)
     out: list[Span] = [(c.start, c.end, PERSON) for c in chunks if c.status == "yes"]
@@ -195,7 +203,7 @@ def _split(start: int, chunk: str) -> list[_Chunk]:
     return out
 
 
-def _judge(text: str, lowered: str, c: _Chunk) -> str:
+def _judge(text: str, lowered: str, c: _Chunk, lexicon: bool) -> str:
     core = [k for k in c.kinds if k not in "IP"]
     if not core or len(core) > 4:
         return ""
@@ -205,17 +213,19 @@ def _judge(text: str, lowered: str, c: _Chunk) -> str:
     known = sum(k in "FS" for k in core)
     ambiguous = core.count("A")
     unknown = core.count("U") + core.count("M")
-    if known:
-        return "yes"
-    if (strong or titled) and (unknown or (ambiguous and titled)):
-        return "yes"
-    if len(core) >= 2 and (core[0] == "A" or "M" in core) and (ambiguous or unknown):
-        return "yes"
-    line_start = bool(_LINE_PREFIX.search(text, max(0, c.start - 8), c.start))
-    if line_start and _SPEAKER_AFTER.match(text, c.end):
+    if (strong or titled) and (known or unknown or (ambiguous and titled)):
         return "yes"
     if ambiguous and strong:
         return "maybe"
+    if not lexicon:
+        return "maybe" if not ambiguous or len(core) > 1 else ""
+    if known:
+        return "yes"
+    if len(core) >= 2 and unknown and ("M" in core or core[0] == "A" and ambiguous == 1):
+        return "yes"  # "Rose Ahtisaari", "Bekbolat Musliyevich"; not "First World War"
+    line_start = bool(_LINE_PREFIX.search(text, max(0, c.start - 8), c.start))
+    if line_start and _SPEAKER_AFTER.match(text, c.end):
+        return "yes"
     possessive = text.startswith(("'s", "’s"), c.end)
     if (
         unknown

@@ -54,3 +54,5 @@ class Detector:
     name: str
     triggers: tuple[Trigger, ...]
     find: Callable[[str, str | None], list[Span]]
+    # A cheap Python test used instead of engine triggers (e.g. "the text is all lower case").
+    gate: Callable[[str], bool] | None = None
