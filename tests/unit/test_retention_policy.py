@@ -650,3 +650,69 @@ def test_R16_every_effect_audits_with_rule_ids_and_no_content(timeline: Timeline
         if isinstance(effect, Note):
             assert effect.routes and effect.reasons
             assert not any("PII" in text for text in effect.reasons)
+
+
+def test_R5_flag_arriving_at_day_30_before_the_tick_still_catches_the_record() -> None:
+    b = book()
+    b.record(rec(), now_ms=T0)
+    assert reviews(b.flag(flag(at=DAY30), now_ms=DAY30)) == [("f1", "r1")]
+    assert deletions(b.tick(DAY30).effects) == {}
+
+
+# --- the job's state adapter and clock (in-process fakes) -------------------------------------
+class FakeTable:
+    """What StagedStore uses of a faust Table: its local store and its changelog."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.changelog: list[tuple[int, str, bytes | None]] = []
+
+    def send_changelog(self, partition: int, key: str, value: bytes | None) -> None:
+        self.changelog.append((partition, key, value))
+
+
+def test_R4_staged_store_writes_tables_only_on_commit_and_only_its_partition() -> None:
+    from streams.jobs.retention import StagedStore
+
+    rows, facts = FakeTable(), FakeTable()
+    rows.data["other"] = Tracked("other", "o", "k", T0, 30, partition=1, offset=0).encode()
+    store = StagedStore(rows, facts, partition=0)
+    assert store.get("other") is None  # partition 1's row is not partition 0's business
+    b = RetentionBook(CONFIG, store, partition=0)
+    b.record(rec(), now_ms=T0)
+    b.legal_hold(legal(), now_ms=T0)
+    store.end_event(keep=True)
+    assert rows.data.keys() == {"other"} and rows.changelog == [] and facts.changelog == []
+    assert store.get("r1") is not None and [r.request_id for r in store.scan()] == ["r1"]
+    store.commit()
+    assert rows.changelog == [(0, "r1", rows.data["r1"])]
+    assert facts.changelog and all(p == 0 for p, _, _ in facts.changelog)
+    # A failed decision leaves nothing behind.
+    store.delete("r1")
+    store.end_event(keep=False)
+    store.commit()
+    assert "r1" in rows.data
+    # A deletion reaches the table and its changelog as a tombstone.
+    b.tick(DAY30 + 40 * DAY_MS)  # held by the legal hold: nothing deleted
+    store.commit()
+    assert "r1" in rows.data
+    b.legal_hold(legal(action=HoldAction.RELEASE, at=DAY30 + 41 * DAY_MS), DAY30 + 41 * DAY_MS)
+    store.commit()
+    assert "r1" not in rows.data and rows.changelog[-1] == (0, "r1", None)
+    # A restart sees the same holds and records through the facts.
+    again = RetentionBook(CONFIG, StagedStore(rows, facts, partition=0), partition=0)
+    assert again.holds.released_at("h1", "org-a", "legal") == DAY30 + 41 * DAY_MS
+
+
+def test_R4_file_clock_moves_forward_only(tmp_path: Any) -> None:
+    from streams.jobs.retention import FileClock, write_clock
+
+    path = tmp_path / "clock"
+    clock = FileClock(path, cache_s=0.0)
+    assert clock() > T0 - 10 * 365 * DAY_MS  # no file: wall-clock time
+    write_clock(path, DAY30 * 2)
+    assert clock() == DAY30 * 2
+    write_clock(path, DAY30)  # never backwards
+    assert clock() == DAY30 * 2
+    path.write_text("not a number")
+    assert clock() == DAY30 * 2
