@@ -526,13 +526,15 @@ def _hold_messages(payload: tuple[Any, ...], action: str, step: int) -> MisuseFl
     if kind == "legal":
         act = HoldAction.PLACE if action == "place" else HoldAction.RELEASE
         return LegalHold(hold_id, act, org, T0 + start * STEP, T0 + end * STEP, "m", at)
-    act = FlagAction.RAISE if action == "place" else FlagAction.RELEASE
+    flag_act = FlagAction.RAISE if action == "place" else FlagAction.RELEASE
     if kind == "request":
-        return MisuseFlag(hold_id, act, FlagScope.REQUEST, org, target, None, None, None, "x", at)
+        return MisuseFlag(
+            hold_id, flag_act, FlagScope.REQUEST, org, target, None, None, None, "x", at
+        )
     scope = FlagScope.API_KEY if kind == "key" else FlagScope.ORG
     api_key = target if kind == "key" else None
     return MisuseFlag(
-        hold_id, act, scope, org, None, api_key, T0 + start * STEP, T0 + end * STEP, "x", at
+        hold_id, flag_act, scope, org, None, api_key, T0 + start * STEP, T0 + end * STEP, "x", at
     )
 
 
