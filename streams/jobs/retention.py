@@ -446,6 +446,7 @@ class RetentionJob:
         self.facts = app.Table("facts", key_type=str, value_type=bytes, partitions=self.partitions)
         self.books: dict[int, RetentionBook] = {}
         self._stores: dict[int, StagedStore] = {}
+        self._owned: set[int] = set()
         self._reader = ContentReader(
             settings.bootstrap_servers, log_store, f"{app.conf.id}-content-reader"
         )
@@ -464,19 +465,23 @@ class RetentionJob:
 
     # --- rebalance ---------------------------------------------------------------------
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
-        lost = {tp.partition for tp in revoked if tp.topic == self.topics.log_store}
-        for partition in lost:
-            self.books.pop(partition, None)
-            self._stores.pop(partition, None)
-        if lost:
-            self._evict(lost)
-
-    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
-        for tp in assigned:
+        # Eager rebalancing revokes everything, then assigns; state is only evicted for
+        # partitions that do not come back (see _on_assigned).
+        for tp in revoked:
             if tp.topic == self.topics.log_store:
-                # Rebuilt from the recovered tables at the partition's first event.
                 self.books.pop(tp.partition, None)
                 self._stores.pop(tp.partition, None)
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        owned = {tp.partition for tp in assigned if tp.topic == self.topics.log_store}
+        lost, self._owned = self._owned - owned, owned
+        if lost:
+            # faust recovers a partition it regains later from the start of its changelog.
+            self._evict(lost)
+        for partition in owned:
+            # Rebuilt from the recovered tables at the partition's first event.
+            self.books.pop(partition, None)
+            self._stores.pop(partition, None)
 
     def _evict(self, partitions: set[int]) -> None:
         """Drop the local rows of partitions now owned elsewhere (recovery reloads them)."""

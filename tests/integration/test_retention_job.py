@@ -73,7 +73,7 @@ def rstack(kafka_bootstrap: str, registries: Registries) -> Stack:
 
 
 class Worker:
-    """One retention worker process with its own clock file and state dir."""
+    """One retention worker process: the clock file of ``tmp``, its own state dir and log."""
 
     def __init__(
         self,
@@ -82,10 +82,11 @@ class Worker:
         tmp: Path,
         guarantee: str = "at_least_once",
         tick_limit: int | None = None,
+        name: str = "worker",
     ) -> None:
         self.stack = stack
         self.clock = tmp / "clock"
-        self.log_path = tmp / "worker.log"
+        self.log_path = tmp / f"{name}.log"
         prefix = stack.config.topics.log_store.removesuffix("log-store")
         self.env = {
             **os.environ,
@@ -93,7 +94,8 @@ class Worker:
             "SCHEMA_REGISTRY_URL": registries.worker_url,
             "STREAMS_TOPIC_PREFIX": prefix,
             "STREAMS_CLOCK_FILE": str(self.clock),
-            "STREAMS_STATE_DIR": str(tmp / "state"),
+            "STREAMS_STATE_DIR": str(tmp / f"{name}-state"),
+            "STREAMS_WORKER_ID": name,
             "STREAMS_TICK_S": "0.3",
             "STREAMS_PROCESSING_GUARANTEE": guarantee,
         }
@@ -710,3 +712,49 @@ def test_faust_exactly_once_probe_R4(rstack: Stack, registries: Registries, tmp_
     assert result["missed"] == set()
     assert result["wrongly_deleted"] == set()
     assert result["duplicates"] == 0
+
+
+def test_R4_R6_two_workers_split_the_partitions_and_hand_them_over(
+    rstack: Stack, registries: Registries, tmp_path: Path
+) -> None:
+    """Scale-out: a second worker takes half the partitions with their state (changelog
+    recovery), then the first one leaves and hands its half back. Every unheld record is
+    deleted once it is due, the legal-held ones only after the release (R4, R6)."""
+    s = rstack
+    first = Worker(s, registries, tmp_path, name="first")
+    second = Worker(s, registries, tmp_path, name="second")
+    out = Outputs(s)
+    n = 600
+    window = (T0, T0 + 100 * 1000)
+    created = {f"scale-{i}": T0 + i * 1000 for i in range(n)}
+    held = {rid for rid, c in created.items() if window[0] <= c < window[1]}
+    try:
+        first.set_clock(T0 + HOUR_MS)
+        produce_like_the_router(s, [log_record(rid, "org-scale", c) for rid, c in created.items()])
+        s.produce("legal_holds", [(None, legal_hold("h-scale", "org-scale", window, T0))])
+        first.start()
+        out.wait("first worker tracks everything", lambda: _retained(out, list(created)), 120)
+        second.start()
+        out.wait(
+            "second worker took partitions",
+            lambda: "books rebuilt" in second.log_text(),
+            timeout_s=120,
+        )
+        first.set_clock(T0 + 30 * DAY_MS + n * 1000)
+        unheld = set(created) - held
+        out.wait("unheld records deleted", lambda: unheld <= set(out.deletions()), 120)
+        first.stop()  # its partitions go back to the second worker, state and all
+        advance(second, s, out, T0 + 31 * DAY_MS, "scale")
+        assert not held & set(out.deletions())
+        release = T0 + 31 * DAY_MS + 1
+        second.set_clock(release)
+        s.produce(
+            "legal_holds",
+            [(None, legal_hold("h-scale", "org-scale", window, release, "RELEASE"))],
+        )
+        out.wait("held records deleted on release", lambda: held <= set(out.deletions()), 120)
+        assert set(out.deletions()) - set(created) == set(sentinel_ids("scale"))
+    finally:
+        first.stop()
+        second.stop()
+        out.close()
