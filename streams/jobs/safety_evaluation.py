@@ -16,7 +16,7 @@ loop is ``streams.kafka.stateful.StatefulLoop``.
 
 De-duplication: a review repeated upstream (the same flag and request) is evaluated
 once. The job keeps a digest of "flag id/request id" per input partition in a job-internal
-compacted changelog ``<safety-evaluation>-state`` (co-partitioned with safety-review,
+compacted changelog ``<prefix>safety-evaluation.state`` (co-partitioned with safety-review,
 entries deleted after 60 days); the digest never leaves the job and is not stored with
 the evaluation record, so it links nothing.
 
@@ -51,6 +51,7 @@ from streams.kafka.stateful import (
     StateReader,
     ensure_copartitioned_topic,
 )
+from streams.kafka.topics import SAFETY_EVALUATION, internal_topic
 from streams.kafka.transactional import LoopConfig, Output, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
@@ -74,7 +75,8 @@ def wall_clock_ms() -> int:
 
 
 def state_topic(config: PolicyConfig) -> str:
-    return f"{config.topics.safety_evaluation}-state"
+    """The job-internal de-duplication changelog: ``<prefix>safety-evaluation.state``."""
+    return internal_topic(config.topics, SAFETY_EVALUATION, "state")
 
 
 def group_id(config: PolicyConfig) -> str:
@@ -312,7 +314,7 @@ def build_safety_evaluation_loop(
         redactor,
         metrics or JobMetrics(JOB),
         state,
-        StateReader(bootstrap_servers, state),
+        StateReader(bootstrap_servers, state, group_prefix=group_id(config)),
         clock,
     )
     group = group_id(config)

@@ -13,7 +13,7 @@ Two engines share that logic:
     confluent-kafka consume-transform-produce (``streams.kafka.transactional``): consumer
     ``read_committed``; metric upserts, the state changelog and the consumed offsets are
     written in one Kafka transaction. The state changelog is a job-internal compacted
-    topic ``<usage-metrics>-state``, co-partitioned with usage-events (record of input
+    topic ``<prefix>usage.state``, co-partitioned with usage-events (record of input
     partition p -> state partition p): one record per counted request,
     ``s/<window start>/<request digest>`` -> ``{"k": [org, endpoint, model], "i": .., "o": ..}``,
     tombstoned when its window closes. A worker that is assigned partition p rebuilds p's
@@ -56,6 +56,7 @@ from streams.kafka.stateful import (
     StateReader,
     ensure_copartitioned_topic,
 )
+from streams.kafka.topics import USAGE, internal_topic
 from streams.kafka.transactional import LoopConfig, Output, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
@@ -89,8 +90,8 @@ def wall_clock_ms() -> int:
 
 
 def state_topic(config: PolicyConfig) -> str:
-    """The job-internal changelog of the transactional engine (carries the topic prefix)."""
-    return f"{config.topics.usage_metrics}-state"
+    """The job-internal changelog of the transactional engine: ``<prefix>usage.state``."""
+    return internal_topic(config.topics, USAGE, "state")
 
 
 def group_id(config: PolicyConfig) -> str:
@@ -292,8 +293,10 @@ class StateRestorer:
     """Rebuilds one partition's aggregator from the state changelog, exactly
     (``streams.kafka.stateful.StateReader``: committed transactions only, none pending)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, timeout_s: float = 120.0) -> None:
-        self.reader = StateReader(bootstrap_servers, topic, timeout_s)
+    def __init__(
+        self, bootstrap_servers: str, topic: str, timeout_s: float = 120.0, group: str = USAGE
+    ) -> None:
+        self.reader = StateReader(bootstrap_servers, topic, timeout_s, group_prefix=group)
 
     def restore(self, partition: int, settings: UsageSettings) -> UsageAggregator:
         return aggregator_from_state(self.reader.read(partition), settings)
@@ -426,8 +429,8 @@ def build_usage_loop(
     metrics = metrics or JobMetrics(JOB)
     core = UsageCore(config, contracts, settings or UsageSettings(), metrics, clock)
     state = ensure_state_topic(bootstrap_servers, config)
-    processor = UsageProcessor(core, state, StateRestorer(bootstrap_servers, state))
     group = group_id(config)
+    processor = UsageProcessor(core, state, StateRestorer(bootstrap_servers, state, group=group))
     loop = StatefulLoop(
         LoopConfig(
             bootstrap_servers=bootstrap_servers,

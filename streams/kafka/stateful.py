@@ -111,13 +111,20 @@ class StateReader:
     partition is resolved (committed or aborted).
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        timeout_s: float = 120.0,
+        group_prefix: str = "state-reader",
+    ) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
         base = {
             "bootstrap.servers": bootstrap_servers,
             "enable.auto.commit": False,
-            "group.id": f"state-reader-{uuid.uuid4().hex[:8]}",  # never joins or commits
+            # never joins or commits; named after the job so its ACLs cover it (R18)
+            "group.id": f"{group_prefix}-state-reader-{uuid.uuid4().hex[:8]}",
         }
         self._reader = Consumer(
             {**base, "isolation.level": "read_committed", "enable.partition.eof": False}

@@ -65,6 +65,9 @@ ROLES = (
     LOG_SINK,
 )
 
+# The roles that run a job (the others are people's teams and upstream writers).
+JOBS = (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION)
+
 COMPACT = "compact"
 DELETE = "delete"
 FOREVER = -1
@@ -364,6 +367,17 @@ def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
             for role in roles:
                 for op in (operation, AclOperation.DESCRIBE):
                     grants.add((ResourceType.TOPIC, name, ResourcePatternType.LITERAL, role, op))
+    for role in JOBS:
+        # A job's internal topics (state changelogs, see ``internal_topic``): that job only.
+        grants.add(
+            (
+                ResourceType.TOPIC,
+                internal_topic(topics, role, ""),
+                ResourcePatternType.PREFIXED,
+                role,
+                AclOperation.ALL,
+            )
+        )
     for role in ROLES:
         # Each role may use consumer groups and transactional ids named after itself.
         for resource in (ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID):
@@ -380,6 +394,14 @@ def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
         AclBinding(resource, name, pattern, f"User:{role}", "*", op, AclPermissionType.ALLOW)
         for resource, name, pattern, role, op in sorted(grants, key=repr)
     ]
+
+
+def internal_topic(topics: Topics, role: str, name: str) -> str:
+    """A job-internal topic, "<topic prefix><role>.<name>" (e.g. "usage.state"); only
+    ``role`` has access to its prefix (``acl_bindings``). A "." never follows a role name
+    in the catalogue, so no catalogue topic falls under that prefix."""
+    prefix = topics.request_logs.removesuffix(Topics().request_logs)
+    return f"{prefix}{role}.{name}"
 
 
 def readers_of(field: str) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.jobs.usage import (
     StateRestorer,
@@ -536,3 +536,36 @@ def test_R3_state_restore_waits_for_a_dead_workers_open_transaction(ustack: Stac
     assert result["seconds"] >= 3.0
     assert aggregator.seen == {window: {"d1"}}
     assert aggregator.totals == {metric_key(event): Totals().add(event)}
+
+
+def test_R18_job_state_topics_are_reachable_only_by_their_job() -> None:
+    """R18: on a broker with authentication and the shipped ACLs, the usage job may create,
+    write and read its ``usage.state`` changelog and the safety-evaluation job its own; no
+    other role (analytics, safety team, the other job) may read either."""
+    from streams.infra.broker import LocalKafka
+    from streams.kafka.topics import ROLES, acl_bindings, internal_topic
+    from streams.policy.config import Topics
+    from tests.integration.test_least_privilege import can_read
+
+    kafka = LocalKafka(authenticated=True, users={role: f"{role}-pw" for role in ROLES})
+    kafka.start()
+    try:
+        topics = Topics()
+        admin = AdminClient(kafka.client_config())
+        for future in admin.create_acls(acl_bindings(topics)).values():
+            future.result()
+        for role in ("usage", "safety-evaluation"):
+            name = internal_topic(topics, role, "state")
+            own = AdminClient(kafka.client_config(role))
+            own.create_topics([NewTopic(name, 1, 1)])[name].result(30)  # the job creates it
+            producer = Producer(kafka.client_config(role))
+            producer.produce(name, key=b"k", value=b"v")
+            assert producer.flush(30) == 0
+        assert can_read(kafka, "usage", "usage.state")
+        assert can_read(kafka, "safety-evaluation", "safety-evaluation.state")
+        for role in ("analytics", "safety-team", "safety-evaluation", "training"):
+            assert not can_read(kafka, role, "usage.state"), role
+        for role in ("analytics", "safety-team", "usage", "training"):
+            assert not can_read(kafka, role, "safety-evaluation.state"), role
+    finally:
+        kafka.stop()
