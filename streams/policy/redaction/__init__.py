@@ -93,6 +93,7 @@ __all__ = [
 ]
 
 _NAMES = -1
+_MAX_PASSES = 4
 _PERSON_IF_CONTACT = PERSON + "?"
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(LABELS) + r")\]")
 _EMPTY: Mapping[str, int] = types.MappingProxyType({})
@@ -157,7 +158,9 @@ class Redactor:
         spans: list[Span] = []
         for index in sorted(owners):
             spans.extend(self._detectors[index].find(text, low))
-        spans.extend(find_names(text, low, cue or fired is None))
+        # Names are cut at the other spans, as a second pass would see them (placeholders).
+        blocked = [(s, e) for s, e, _ in spans]
+        spans.extend(find_names(text, low, cue or fired is None, blocked))
         if not spans:
             return []
         if any(label == _PERSON_IF_CONTACT for _, _, label in spans):
@@ -166,20 +169,29 @@ class Redactor:
         return _resolve(text, spans, protected)
 
     def redact(self, text: str) -> Redaction:
-        """R11: ``text`` with every detected span replaced by its typed placeholder."""
-        spans = self.detect(text)
-        if not spans:
-            return Redaction(text, _EMPTY)
-        pieces: list[str] = []
+        """R11: ``text`` with every detected span replaced by its typed placeholder.
+
+        When something was replaced, the result is scanned again (up to ``_MAX_PASSES``):
+        a candidate rejected because it was glued to another one ("42 Elm Street494-33-0748")
+        is found once its neighbour is a placeholder, so redacting the output again changes
+        nothing. Text without personal information is scanned once."""
         counts: dict[str, int] = {}
-        last = 0
-        for s, e, label in spans:
-            pieces.append(text[last:s])
-            pieces.append(f"[{label}]")
-            counts[label] = counts.get(label, 0) + 1
-            last = e
-        pieces.append(text[last:])
-        return Redaction("".join(pieces), types.MappingProxyType(counts))
+        for _ in range(_MAX_PASSES):
+            spans = self.detect(text)
+            if not spans:
+                break
+            pieces: list[str] = []
+            last = 0
+            for s, e, label in spans:
+                pieces.append(text[last:s])
+                pieces.append(f"[{label}]")
+                counts[label] = counts.get(label, 0) + 1
+                last = e
+            pieces.append(text[last:])
+            text = "".join(pieces)
+        if not counts:
+            return Redaction(text, _EMPTY)
+        return Redaction(text, types.MappingProxyType(counts))
 
     def redact_mapping(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
         """R11 for metadata: string values (and string keys) redacted, recursing into nested
@@ -229,20 +241,21 @@ def _confirm_name_lines(spans: list[Span]) -> list[Span]:
 
 
 def _resolve(text: str, spans: list[Span], protected: list[tuple[int, int]]) -> list[Span]:
-    """Highest priority, then longest, wins; a street address that overlaps a stronger span
-    keeps its longest remaining part; adjacent address pieces are merged."""
+    """Highest priority, then longest, wins; a span that overlaps a stronger one keeps its
+    longest remaining part; adjacent address pieces are merged."""
     taken: list[tuple[int, int]] = list(protected)
     chosen: list[Span] = []
     for s, e, label in sorted(spans, key=lambda x: (-PRIORITY[x[2]], x[0] - x[1], x[0])):
         if e <= s:
             continue
         if any(s < te and ts < e for ts, te in taken):
-            if label != STREET_ADDRESS:
-                continue
-            piece = _largest_free(s, e, taken)
-            if piece is None or not any(c.isalnum() for c in text[piece[0] : piece[1]]):
-                continue
-            s, e = piece
+            # A span that overlaps a stronger one keeps its free parts, never vanishes (fail
+            # closed, and what a second pass would find is already gone):
+            # "Mrs. Barbara Yudina Apt" + address "Apt. 675 ..." -> "Barbara Yudina".
+            for ps, pe in _free_parts(text, s, e, taken):
+                taken.append((ps, pe))
+                chosen.append((ps, pe, label.rstrip("?")))
+            continue
         taken.append((s, e))
         chosen.append((s, e, label.rstrip("?")))
     chosen.sort()
@@ -257,7 +270,7 @@ def _resolve(text: str, spans: list[Span], protected: list[tuple[int, int]]) -> 
     return merged
 
 
-def _largest_free(s: int, e: int, taken: list[tuple[int, int]]) -> tuple[int, int] | None:
+def _free_parts(text: str, s: int, e: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
     pieces = [(s, e)]
     for ts, te in taken:
         nxt = []
@@ -270,8 +283,15 @@ def _largest_free(s: int, e: int, taken: list[tuple[int, int]]) -> tuple[int, in
             if te < pe:
                 nxt.append((te, pe))
         pieces = nxt
-    pieces = [(ps, pe) for ps, pe in pieces if pe - ps >= 3]
-    return max(pieces, key=lambda p: p[1] - p[0]) if pieces else None
+    out = []
+    for ps, pe in pieces:
+        while ps < pe and not text[ps].isalnum() and text[ps] not in "+(":
+            ps += 1
+        while pe > ps and not text[pe - 1].isalnum() and text[pe - 1] not in ".)":
+            pe -= 1
+        if pe - ps >= 2 and any(c.isalnum() for c in text[ps:pe]):
+            out.append((ps, pe))
+    return out
 
 
 _DEFAULT: Redactor | None = None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from ._lexicon import COMMON_WORDS, NOT_NAME, PLACES
 from ._names import LO, UP
-from ._types import STREET_ADDRESS, Detector, Span, Trigger
+from ._types import STREET_ADDRESS, Detector, Span, Trigger, scan
 
 _L = f"[{UP}{LO}]"
 # Word, Word., O'Neil, McDonald, SPÅNGA (no nested quantifiers: no backtracking blow-up)
@@ -192,7 +192,7 @@ class _Patterns:
         self.segments = (
             c(f"(?:{_UNIT}|{_POBOX})(?![\\w])", flags),
             c(f"{_STATE}(?:[ ]+{_ZIP})?(?![\\w])", flags),
-            c(f"{_ZIP}(?![\\w])", flags),
+            c(f"{_ZIP}(?![\\w]|[ -]?[0-9])", flags),
         )
         self.place = c(f"{cap}(?:[ ]+(?:{cap}|{_PART})){{0,3}}(?:[ ]+{_ZIP})?(?![\\w])", flags)
 
@@ -226,12 +226,17 @@ def _free_start(text: str, s: int) -> bool:
     return s == 0 or not (text[s - 1].isalnum() or text[s - 1] in _NOT_BEFORE)
 
 
+def _core_span(text: str, m: re.Match[str]) -> Span | None:
+    return (m.start(), m.end(), STREET_ADDRESS) if _free_start(text, m.start()) else None
+
+
 def _cores(part: str, text: str, lowered: str, pats: _Patterns) -> list[tuple[int, int]]:
     strict = pats is _LOWER
     cores: list[tuple[int, int]] = []
     if part in ("suffix", "prefix", "unit"):
         for rx in getattr(pats, part):
-            cores.extend(m.span() for m in rx.finditer(text) if _free_start(text, m.start()))
+            found = scan(rx, text, lambda m: _core_span(text, m))
+            cores.extend((a, b) for a, b, _ in found)
     elif part == "attached":
         for m in pats.attached_anchor.finditer(text):
             back = pats.attached_back.search(text, max(0, m.start() - 64), m.start())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ._lexicon import COMMON_WORDS
+from ._lexicon import COMMON_WORDS, FIRST_NAMES, SURNAMES
 from ._types import (
     CREDENTIAL,
     CREDIT_CARD,
@@ -23,6 +23,7 @@ from ._types import (
     Detector,
     Span,
     Trigger,
+    scan,
 )
 from ._validators import (
     IBAN_LENGTHS,
@@ -75,8 +76,8 @@ def find_email(text: str, low: str | None) -> list[Span]:
         if m is None:
             continue
         end = m.end()
-        if end < len(text) and (text[end].isalnum() or text[end] == "-"):
-            continue
+        if end < len(text) and (text[end].isalpha() or text[end] in "-_"):
+            continue  # (a digit cannot extend a top-level domain: "x@y.com123" is glued text)
         out.append((start, end, EMAIL))
     return out
 
@@ -116,6 +117,7 @@ _SAYS_LOW = re.compile(
     r"(?:password|passcode|passphrase|pin code|pin|pwd)\s+(?:is|was)\s*:?\s*[\"']?([^\s\"']{3,200})"
 )
 _TRAIL = ".,;:!?)]}"
+NAMES = FIRST_NAMES | SURNAMES
 _CODE_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|.*[(\[]|[$%{<*]")
 _NOT_SECRET = frozenset(
     "none null nil true false undefined required optional str string int bool bytes any "
@@ -130,8 +132,8 @@ def _secret_value(value: str, prose: bool) -> str | None:
     low = value.lower()
     if low in _NOT_SECRET:
         return None
-    if prose and value.isalpha() and low in COMMON_WORDS:
-        return None
+    if prose and value.isalpha() and (low in COMMON_WORDS or low in NAMES):
+        return None  # "password: click the link": a word of the sentence, not a password
     return value
 
 
@@ -238,29 +240,57 @@ _CARD_CUE = re.compile(
 )
 
 
+def _group_ends(text: str, s: int, e: int) -> list[int]:
+    """``e`` and every earlier end of a digit group in text[s:e], longest first: a greedy
+    number pattern may have swallowed a following number ("card 4111 ... 1111 2024")."""
+    ends = [e]
+    for i in range(e - 1, s, -1):
+        if text[i] in " -.()" and text[i - 1].isdigit():
+            ends.append(i)
+    return ends
+
+
+def _next_group(text: str, s: int) -> int:
+    """Start of the digit group after the one at ``s`` (to retry after a rejected match
+    without skipping the digits it swallowed)."""
+    i = s
+    while i < len(text) and text[i].isdigit():
+        i += 1
+    while i < len(text) and not text[i].isdigit():
+        i += 1
+    return max(i, s + 1)
+
+
 def find_cards(text: str, low: str | None) -> list[Span]:
     out: list[Span] = []
     lowered = _lowered(text, low)
-    for m in _CARD.finditer(text):
-        s, e = m.span()
+    pos = 0
+    while True:
+        m = _CARD.search(text, pos)
+        if m is None:
+            return out
+        s = m.start()
+        pos = _next_group(text, s)
         if _word_before(text, s) or (s > 0 and text[s - 1] in _CARD_BEFORE):
             continue
-        if _word_at(text, e) or (e < len(text) and text[e] in "/-"):
-            continue
-        if e + 1 < len(text) and text[e] == "." and text[e + 1].isdigit():
-            continue
-        raw = m.group()
-        digits = raw.replace(" ", "").replace("-", "")
-        if not _card_groups_ok(raw):
-            continue
-        # Issuer prefix and length, or any Luhn-valid 12-19 digits right after a card word.
-        if card_ok(digits) or (
-            luhn_ok(digits)
-            and len(lowered) == len(text)
-            and _CARD_CUE.search(lowered, max(0, s - 40), s)
-        ):
-            out.append((s, e, CREDIT_CARD))
-    return out
+        for e in _group_ends(text, s, m.end()):
+            if _word_at(text, e) or (e < len(text) and text[e] in "/-"):
+                continue
+            if e + 1 < len(text) and text[e] == "." and text[e + 1].isdigit():
+                continue
+            raw = text[s:e]
+            digits = raw.replace(" ", "").replace("-", "")
+            if len(digits) < 12 or not _card_groups_ok(raw):
+                continue
+            # Issuer prefix and length, or any Luhn-valid 12-19 digits right after a card word.
+            if card_ok(digits) or (
+                luhn_ok(digits)
+                and len(lowered) == len(text)
+                and _CARD_CUE.search(lowered, max(0, s - 40), s)
+            ):
+                out.append((s, e, CREDIT_CARD))
+                pos = e
+                break
 
 
 # ---------------------------------------------------------------- IBAN
@@ -268,31 +298,31 @@ _IBAN = re.compile(r"[A-Za-z]{2}[0-9]{2}(?:[ -]?[A-Za-z0-9]){11,30}", _A)
 _SEP = re.compile(r"[ -]")
 
 
+def _iban(text: str, m: re.Match[str]) -> Span | None:
+    if _word_before(text, m.start()):
+        return None
+    raw = m.group()
+    length = IBAN_LENGTHS.get(raw[:2].upper())
+    if length is None:
+        return None
+    taken = 0
+    end = m.start()
+    for i, ch in enumerate(raw):
+        if ch.isalnum():
+            taken += 1
+            if taken == length:
+                end = m.start() + i + 1
+                break
+    if taken != length or _word_at(text, end):
+        return None
+    compact = _SEP.sub("", text[m.start() : end])
+    if not (compact.isupper() or compact.islower() or compact[2:].isdigit()):
+        return None  # mixed case: an identifier, not an IBAN
+    return (m.start(), end, IBAN) if iban_ok(compact) else None
+
+
 def find_iban(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _IBAN.finditer(text):
-        if _word_before(text, m.start()):
-            continue
-        raw = m.group()
-        length = IBAN_LENGTHS.get(raw[:2].upper())
-        if length is None:
-            continue
-        taken = 0
-        end = m.start()
-        for i, ch in enumerate(raw):
-            if ch.isalnum():
-                taken += 1
-                if taken == length:
-                    end = m.start() + i + 1
-                    break
-        if taken != length or _word_at(text, end):
-            continue
-        compact = _SEP.sub("", text[m.start() : end])
-        if not (compact.isupper() or compact.islower() or compact[2:].isdigit()):
-            continue  # mixed case: an identifier, not an IBAN
-        if iban_ok(compact):
-            out.append((m.start(), end, IBAN))
-    return out
+    return scan(_IBAN, text, lambda m: _iban(text, m))
 
 
 # ---------------------------------------------------------------- IP addresses
@@ -302,30 +332,30 @@ _IPV6 = re.compile(
 )
 
 
+def _ipv4(text: str, m: re.Match[str]) -> Span | None:
+    s, e = m.span()
+    if _word_before(text, s) or (s > 0 and text[s - 1] == "."):
+        return None
+    if _word_at(text, e) or (e + 1 < len(text) and text[e] == "." and text[e + 1].isdigit()):
+        return None
+    return (s, e, IP_ADDRESS) if ipv4_ok(m.group()) else None
+
+
+def _ipv6(text: str, m: re.Match[str]) -> Span | None:
+    s, e = m.span()
+    if s > 0 and (_word_before(text, s) or text[s - 1] in ":."):
+        return None
+    if _word_at(text, e) or (e < len(text) and text[e] == ":"):
+        return None
+    return (s, e, IP_ADDRESS) if ipv6_ok(m.group()) else None
+
+
 def find_ipv4(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _IPV4.finditer(text):
-        s, e = m.span()
-        if _word_before(text, s) or (s > 0 and text[s - 1] == "."):
-            continue
-        if _word_at(text, e) or (e + 1 < len(text) and text[e] == "." and text[e + 1].isdigit()):
-            continue
-        if ipv4_ok(m.group()):
-            out.append((s, e, IP_ADDRESS))
-    return out
+    return scan(_IPV4, text, lambda m: _ipv4(text, m))
 
 
 def find_ipv6(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _IPV6.finditer(text):
-        s, e = m.span()
-        if s > 0 and (_word_before(text, s) or text[s - 1] in ":."):
-            continue
-        if _word_at(text, e) or (e < len(text) and text[e] == ":"):
-            continue
-        if ipv6_ok(m.group()):
-            out.append((s, e, IP_ADDRESS))
-    return out
+    return scan(_IPV6, text, lambda m: _ipv6(text, m))
 
 
 # ---------------------------------------------------------------- national identifiers
@@ -347,17 +377,17 @@ _ID_VALUE = re.compile(
 _NINO = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]", _A)
 
 
+def _ssn(text: str, m: re.Match[str]) -> Span | None:
+    s, e = m.span()
+    if (s > 0 and (text[s - 1].isdigit() or text[s - 1] == "-")) or (
+        e < len(text) and (text[e].isdigit() or text[e] == "-")
+    ):
+        return None
+    return (s, e, NATIONAL_ID) if ssn_ok(m.group(1), m.group(2), m.group(3)) else None
+
+
 def find_ssn(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _SSN.finditer(text):
-        s, e = m.span()
-        if (s > 0 and (text[s - 1].isdigit() or text[s - 1] == "-")) or (
-            e < len(text) and (text[e].isdigit() or text[e] == "-")
-        ):
-            continue
-        if ssn_ok(m.group(1), m.group(2), m.group(3)):
-            out.append((s, e, NATIONAL_ID))
-    return out
+    return scan(_SSN, text, lambda m: _ssn(text, m))
 
 
 def find_id_context(text: str, low: str | None) -> list[Span]:
@@ -377,13 +407,12 @@ def find_id_context(text: str, low: str | None) -> list[Span]:
 
 
 def find_nino(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _NINO.finditer(text):
-        if _word_before(text, m.start()) or _word_at(text, m.end()):
-            continue
-        if nino_ok(m.group()):
-            out.append((m.start(), m.end(), NATIONAL_ID))
-    return out
+    def check(m: re.Match[str]) -> Span | None:
+        if _word_before(text, m.start()) or _word_at(text, m.end()) or not nino_ok(m.group()):
+            return None
+        return (m.start(), m.end(), NATIONAL_ID)
+
+    return scan(_NINO, text, check)
 
 
 # ---------------------------------------------------------------- phone numbers
@@ -426,46 +455,70 @@ def _trim_number(text: str, s: int, e: int) -> tuple[int, int]:
 
 def find_phone_intl(text: str, low: str | None) -> list[Span]:
     out: list[Span] = []
-    for m in _PHONE_INTL.finditer(text):
-        s, e = _trim_number(text, *m.span())
-        if _word_before(text, s) or (s > 0 and text[s - 1] == "+") or _word_at(text, e):
+    pos = 0
+    while True:
+        m = _PHONE_INTL.search(text, pos)
+        if m is None:
+            return out
+        s, end = _trim_number(text, *m.span())
+        pos = s + 1
+        if _word_before(text, s) or (s > 0 and text[s - 1] == "+"):
             continue
-        if _phone_ok(text[s:e], 8):
-            out.append((s, e, PHONE))
-    return out
+        for e in _group_ends(text, s, end):
+            _, e = _trim_number(text, s, e)
+            if not _word_at(text, e) and _phone_ok(text[s:e], 8):
+                out.append((s, e, PHONE))
+                pos = e
+                break
 
 
 def find_phone_nanp(text: str, low: str | None) -> list[Span]:
-    out: list[Span] = []
-    for m in _PHONE_NANP.finditer(text):
+    def check(m: re.Match[str]) -> Span | None:
         s, e = m.span()
         if s > 0 and (_word_before(text, s) or text[s - 1] in "+.-"):
-            continue
+            return None
         if _word_at(text, e) or (e + 1 < len(text) and text[e] in ".-" and text[e + 1].isdigit()):
-            continue
-        if _phone_ok(m.group(), 10):
-            out.append((s, e, PHONE))
-    return out
+            return None
+        return (s, e, PHONE) if _phone_ok(m.group(), 10) else None
+
+    return scan(_PHONE_NANP, text, check)
 
 
 def find_phone_context(text: str, low: str | None) -> list[Span]:
     lowered = _lowered(text, low)
     if len(lowered) != len(text):
         lowered = text
-    out: list[Span] = []
-    for m in _NUMBER.finditer(text):
-        s, e = _trim_number(text, *m.span())
-        if _word_before(text, s) or _word_at(text, e):
-            continue
+
+    def check(m: re.Match[str]) -> Span | None:
+        s, end = _trim_number(text, *m.span())
+        if _word_before(text, s):
+            return None
         if s > 0 and text[s - 1] in "+(":
             s -= 1
-            if text[s] == "(" and ")" not in text[s:e]:
+            if text[s] == "(" and ")" not in text[s:end]:
                 s += 1
-        if not _phone_ok(text[s:e], 7):
-            continue
-        if _CUE_BEFORE.search(lowered, max(0, s - 48), s) or _LABEL_AFTER.match(lowered, e):
-            out.append((s, e, WEAK_PHONE))
-    return out
+        for e in _group_ends(text, s, end):
+            _, e = _trim_number(text, s, e)
+            if _word_at(text, e) or not _phone_ok(text[s:e], 7):
+                continue
+            if _CUE_BEFORE.search(lowered, max(0, s - 48), s) or _LABEL_AFTER.match(lowered, e):
+                return (s, e, WEAK_PHONE)
+        return None
+
+    # Retry only at digit-group starts: a plain retry at every digit would be quadratic in
+    # the length of a digit run.
+    out: list[Span] = []
+    pos = 0
+    while True:
+        m = _NUMBER.search(text, pos)
+        if m is None:
+            return out
+        span = check(m)
+        if span is None:
+            pos = _next_group(text, m.start())
+        else:
+            out.append(span)
+            pos = span[1]
 
 
 # ---------------------------------------------------------------- the detector table

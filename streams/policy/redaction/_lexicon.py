@@ -41,6 +41,7 @@ NOT_NAME: frozenset[str] = frozenset(
     hungarian romanian bulgarian russian ukrainian chinese japanese korean vietnamese thai
     indian pakistani iranian iraqi israeli arab arabic egyptian african nigerian kenyan
     australian european asian latin hispanic jewish christian muslim catholic protestant
+    apt apartment suite ste unit flat floor room box po
     inc llc ltd limited corp corporation gmbh plc sons brothers bros holdings partners associates
     orchestra band software technologies technology tech labs systems solutions services
     investments capital markets research insurance agency foundation institute industries

@@ -141,9 +141,12 @@ class _Chunk:
         self.status = ""  # "yes", "maybe" (needs support), "line" (needs contact details)
 
 
-def find_names(text: str, low: str | None, cue_fired: bool) -> list[Span]:
+def find_names(
+    text: str, low: str | None, cue_fired: bool, blocked: list[tuple[int, int]] | None = None
+) -> list[Span]:
     """PERSON spans; spans that need other personal data nearby (a name line at the top of
     a contact block) are returned with label ``PERSON?`` for the caller to confirm.
+    ``blocked``: spans already found by other detectors; a name never runs across them.
 
     ``cue_fired``: the engine saw a context-phrase trigger (else no context rule can apply).
     Rules that need no context phrase only apply when the lexicon gate passes, so the result
@@ -157,7 +160,7 @@ def find_names(text: str, low: str | None, cue_fired: bool) -> list[Span]:
         s = m.start()
         if s and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-"):
             continue  # inside an identifier, e-mail, path or URL
-        chunks.extend(_split(s, m.group()))
+        chunks.extend(_split(s, m.group(), blocked))
     for c in chunks:
         c.status = _judge(text, lowered, c, lexicon)
     _organisations(text, chunks)
@@ -176,11 +179,16 @@ def find_names(text: str, low: str | None, cue_fired: bool) -> list[Span]:
     return out
 
 
-def _split(start: int, chunk: str) -> list[_Chunk]:
+def _split(start: int, chunk: str, blocked: list[tuple[int, int]] | None = None) -> list[_Chunk]:
     """Tokens of a capitalised run, cut at common words; leading/trailing initials and
     particles dropped (an initial right before a name stays: "J. Smith")."""
     toks = [(start + t.start(), t.group()) for t in _TOKEN.finditer(chunk)]
     kinds = [_kind(t) for _, t in toks]
+    if blocked:
+        for i, (ts, t) in enumerate(toks):
+            te = ts + len(t)
+            if any(ts < be and bs < te for bs, be in blocked):
+                kinds[i] = "C"  # part of another span (address, e-mail...): a separator
     out: list[_Chunk] = []
     run: list[int] = []
     for idx, k in enumerate([*kinds, "C"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,3 +57,26 @@ class Detector:
     find: Callable[[str, str | None], list[Span]]
     # A cheap Python test used instead of engine triggers (e.g. "the text is all lower case").
     gate: Callable[[str], bool] | None = None
+
+
+def scan(
+    rx: re.Pattern[str], text: str, check: Callable[[re.Match[str]], Span | None]
+) -> list[Span]:
+    """Like ``finditer`` + a Python check, except that a rejected match does not hide a
+    candidate starting inside it: the search resumes one character after a rejected start
+    ("203.0.113.7 42 Elm Street": the match "7 42 Elm Street" is rejected, "42 Elm Street"
+    must still be tried)."""
+    out: list[Span] = []
+    pos = 0
+    n = len(text)
+    while pos < n:
+        m = rx.search(text, pos)
+        if m is None:
+            break
+        span = check(m)
+        if span is None:
+            pos = m.start() + 1
+        else:
+            out.append(span)
+            pos = max(span[1], m.start() + 1)
+    return out
