@@ -257,7 +257,9 @@ class TrackedStore(Protocol):
 
     def delete(self, request_id: str) -> None: ...
 
-    def scan(self) -> Iterable[Tracked]: ...
+    def scan(self, org_id: str | None = None) -> Iterable[Tracked]:
+        """The partition's records (with ``org_id``: at least every record of that org)."""
+        ...
 
     def put_fact(self, key: str, value: Mapping[str, Any]) -> None: ...
 
@@ -283,9 +285,11 @@ class DictStore:
     def delete(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
 
-    def scan(self) -> Iterator[Tracked]:
+    def scan(self, org_id: str | None = None) -> Iterator[Tracked]:
         for request_id, data in list(self.rows.items()):
-            yield Tracked.decode(request_id, data)
+            record = Tracked.decode(request_id, data)
+            if org_id is None or record.org_id == org_id:
+                yield record
 
     def put_fact(self, key: str, value: Mapping[str, Any]) -> None:
         self.fact_rows[key] = dict(value)
@@ -332,8 +336,8 @@ class RetentionBook:
         self.partitions = partitions
         self.default_days = config.defaults.retention_days
         self.holds = HoldIndex()
-        # (org, kind, id) -> (hold, release time): a released hold covers until its release.
-        self._released: dict[tuple[str, str, str], tuple[Hold, int]] = {}
+        # org -> (kind, id) -> (hold, release time): a released hold covers until then.
+        self._released: dict[str, dict[tuple[str, str], tuple[Hold, int]]] = {}
         self._deleted_orgs: dict[str, int] = {}  # R15: org -> deletion requested at
         self._buckets: dict[int, list[str]] = {}
         self._bucket_heap: list[int] = []
@@ -385,9 +389,8 @@ class RetentionBook:
         kind = "legal" if record.org_id in self._deleted_orgs else ""
         return [
             (hold, released)
-            for (org, k, _), (hold, released) in self._released.items()
-            if org == record.org_id
-            and released > now_ms
+            for (k, _), (hold, released) in self._released.get(record.org_id, {}).items()
+            if released > now_ms
             and (not kind or k == kind)
             and hold.covers(
                 record.org_id, record.api_key_id, record.request_id, record.created_at_ms
@@ -480,7 +483,7 @@ class RetentionBook:
         self._note_deletion(request)
         due = self._deleted_orgs[request.org_id]
         matched = 0
-        for record in self.store.scan():
+        for record in self.store.scan(org_id=request.org_id):
             if record.org_id == request.org_id:
                 matched += 1
                 self._parked.pop(record.request_id, None)
@@ -523,10 +526,10 @@ class RetentionBook:
         tells a deletion that the hold outlived the expiry. A release of a hold that was never
         placed here covers nothing."""
         if released is not None:  # a repeated release finds nothing: the first instant stands
-            self._released[(org_id, kind, hold_id)] = (released, at_ms)
+            self._released.setdefault(org_id, {})[(kind, hold_id)] = (released, at_ms)
 
     def released_hold(self, org_id: str, kind: str, hold_id: str) -> Hold | None:
-        entry = self._released.get((org_id, kind, hold_id))
+        entry = self._released.get(org_id, {}).get((kind, hold_id))
         return entry[0] if entry else None
 
     def _note_deletion(self, request: AccountDeletionRequest) -> None:
@@ -544,7 +547,7 @@ class RetentionBook:
         else:
             candidates = [
                 r
-                for r in self.store.scan()
+                for r in self.store.scan(org_id=hold.org_id)
                 if hold.covers(r.org_id, r.api_key_id, r.request_id, r.created_at_ms)
             ]
         for record in candidates:
@@ -731,9 +734,8 @@ class RetentionBook:
     def _releases_covering(self, record: Tracked) -> list[tuple[str, int]]:
         return [
             (kind, released)
-            for (org, kind, _), (hold, released) in self._released.items()
-            if org == record.org_id
-            and hold.covers(
+            for (kind, _), (hold, released) in self._released.get(record.org_id, {}).items()
+            if hold.covers(
                 record.org_id, record.api_key_id, record.request_id, record.created_at_ms
             )
         ]

@@ -686,6 +686,10 @@ def test_R4_staged_store_writes_tables_only_on_commit_and_only_its_partition() -
     store.end_event(keep=True)
     assert rows.data.keys() == {"other"} and rows.changelog == [] and facts.changelog == []
     assert store.get("r1") is not None and [r.request_id for r in store.scan()] == ["r1"]
+    rows.data["org-b-row"] = Tracked("org-b-row", "org-b", "k", T0, 30, 0, 1).encode()
+    assert {r.request_id for r in store.scan(org_id="org-b")} == {"org-b-row"}
+    assert {r.request_id for r in store.scan()} == {"r1", "org-b-row"}
+    del rows.data["org-b-row"]
     store.commit()
     assert rows.changelog == [(0, "r1", rows.data["r1"])]
     assert facts.changelog and all(p == 0 for p, _, _ in facts.changelog)
