@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +58,45 @@ def start_job(
     )
 
 
+class Supervised:
+    """One worker kept alive like a deployment would: restarted if it exits on its own.
+
+    A worker exits on purpose when it cannot go on safely (a fatal transactional error, or
+    a transaction stuck past its bound); its successor resumes from committed offsets.
+    ``kill()`` simulates a crash: that death is not restarted.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        job: str,
+        worker_id: str = "0",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._args = (cluster, job, worker_id, extra_env)
+        self.process = start_job(cluster, job, worker_id, extra_env)
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            if self.process.poll() is not None and not self._stopping.is_set():
+                self.restarts += 1
+                self.process = start_job(*self._args)
+
+    def kill(self) -> None:
+        """SIGKILL the current worker and do not restart it (a crash the test restarts)."""
+        self._stopping.set()
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stopping.set()
+        stop_jobs([self.process], timeout_s)
+
+
 def stop_jobs(processes: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
     for process in processes:
         if process.poll() is None:
@@ -72,10 +112,11 @@ def stop_jobs(processes: list[subprocess.Popen[bytes]], timeout_s: float = 30.0)
 @contextmanager
 def running(
     cluster: Cluster, *jobs: str, extra_env: Mapping[str, str] | None = None
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start one worker of each job; stop them all (SIGTERM, then SIGKILL) on exit."""
-    processes = [start_job(cluster, job, extra_env=extra_env) for job in jobs]
+) -> Iterator[list[Supervised]]:
+    """One supervised worker of each job; all stopped (SIGTERM, then SIGKILL) on exit."""
+    workers = [Supervised(cluster, job, extra_env=extra_env) for job in jobs]
     try:
-        yield processes
+        yield workers
     finally:
-        stop_jobs(processes)
+        for worker in workers:
+            worker.stop()

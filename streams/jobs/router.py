@@ -355,6 +355,7 @@ def build_router_loop(
     clock: Callable[[], int] = wall_clock_ms,
     group_id: str | None = None,
     metrics: JobMetrics | None = None,
+    exit_when_stuck_s: float | None = None,
 ) -> tuple[TransactionalLoop, Router]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     # Registering every contract up front fails fast on an incompatible registry state,
@@ -371,6 +372,7 @@ def build_router_loop(
             # Stable per worker: a restarted worker fences its dead predecessor.
             transactional_id=f"{group}-{worker_id}",
             input_topics=[getattr(config.topics, f) for f in _INPUTS],
+            exit_when_stuck_s=exit_when_stuck_s,
         ),
         router,
     )
@@ -390,7 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     metrics = JobMetrics(JOB)
     metrics.serve(port_from_env())
     loop, router = build_router_loop(
-        args.bootstrap, args.registry, load_config(), args.worker_id, metrics=metrics
+        args.bootstrap,
+        args.registry,
+        load_config(),
+        args.worker_id,
+        metrics=metrics,
+        exit_when_stuck_s=float(os.environ.get("STREAMS_EXIT_WHEN_STUCK_S", "60")),
     )
     loop.install_signal_handlers()
     log.info("router worker %s started", args.worker_id)

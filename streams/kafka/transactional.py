@@ -15,7 +15,10 @@ order or exactly-once.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,11 @@ class LoopConfig:
     poll_timeout_s: float = 0.05
     transaction_timeout_ms: int = 15_000
     max_pending: int = 20_000  # deferred records per partition before it is paused
+    # A worker process exits when one transaction takes longer than this (None: never).
+    # librdkafka's send_offsets_to_transaction can ignore its timeout while the group
+    # coordinator is down (confluentinc/librdkafka#5456); the supervisor restarts the
+    # worker, whose init_transactions aborts the stuck transaction: nothing lost or doubled.
+    exit_when_stuck_s: float | None = None
     extra_consumer: dict[str, Any] | None = None
     extra_producer: dict[str, Any] | None = None
 
@@ -64,6 +72,7 @@ class TransactionalLoop:
         self.config = config
         self.processor = processor
         self._running = False
+        self._commit_started: float | None = None
         self._pending: dict[tuple[str, int], deque[Message]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._seen: dict[tuple[str, int], int] = {}
@@ -113,11 +122,22 @@ class TransactionalLoop:
             list(self.config.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         self._running = True
+        if self.config.exit_when_stuck_s is not None:
+            threading.Thread(target=self._watchdog, name="txn-watchdog", daemon=True).start()
         try:
             while self._running and not (until and until()):
                 self.step()
         finally:
             self.close()
+
+    def _watchdog(self) -> None:
+        limit = self.config.exit_when_stuck_s or 0.0
+        while self._running:
+            started = self._commit_started
+            if started is not None and time.monotonic() - started > limit:
+                log.error("transaction stuck for over %.0fs; exiting to be restarted", limit)
+                os._exit(75)
+            time.sleep(1)
 
     def close(self) -> None:
         try:
@@ -180,6 +200,7 @@ class TransactionalLoop:
 
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
         producer = self.producer
+        self._commit_started = time.monotonic()
         try:
             producer.begin_transaction()
             for out in outputs:
@@ -199,6 +220,8 @@ class TransactionalLoop:
                 self._rewind()
                 return
             raise  # fatal (e.g. fenced by a newer incarnation): exit, the supervisor restarts
+        finally:
+            self._commit_started = None
         self.produced += len(outputs)
         self.transactions += 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -13,7 +12,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.jobs.processes import Cluster, start_job, stop_jobs
+from streams.jobs.processes import Cluster, Supervised
 from streams.traffic import TrafficGenerator, TrafficMix
 from tests.integration.conftest import Stack
 from tests.integration.test_router import NOW, watermark
@@ -28,17 +27,19 @@ def cluster_of(stack: Stack) -> Cluster:
     return Cluster(stack.bootstrap, stack.registry_url, stack.config, LOG_DIR)
 
 
-def start_worker(stack: Stack, worker_id: str) -> subprocess.Popen[bytes]:
-    return start_job(cluster_of(stack), "router", worker_id)
+def start_worker(stack: Stack, worker_id: str) -> Supervised:
+    """A router worker restarted if it exits on its own, as its deployment would."""
+    return Supervised(cluster_of(stack), "router", worker_id)
 
 
 @contextmanager
-def workers(stack: Stack, *ids: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(stack: Stack, *ids: str) -> Iterator[list[Supervised]]:
     procs = [start_worker(stack, i) for i in ids]
     try:
         yield procs
     finally:
-        stop_jobs(procs)
+        for proc in procs:
+            proc.stop()
 
 
 def high_watermark(stack: Stack, field: str) -> int:

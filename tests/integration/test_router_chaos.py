@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 
@@ -57,10 +56,8 @@ def test_rebalance_while_records_flow_R16_R4_R9(stack: Stack) -> None:
         second = start_worker(stack, "1")
         try:
             wait_until_audited(stack, RECORDS // 2)
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
+            first.kill()
             wait_for_audits(stack, len(ids), timeout_s=240)
         finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(30)
+            second.stop()
     assert_routed_exactly_once(stack, ids)
