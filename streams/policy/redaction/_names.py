@@ -160,14 +160,23 @@ def find_names(
         s = m.start()
         if s and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-"):
             continue  # inside an identifier, e-mail, path or URL
-        chunks.extend(_split(s, m.group(), blocked))
+        word = m.group()
+        if " " not in word:  # fast path: most chunks are one word, most of those common
+            kind = _kind(word)
+            if kind in "CIP":
+                continue
+            e = s + len(word)
+            if not blocked or not any(s < be and bs < e for bs, be in blocked):
+                chunks.append(_Chunk(s, e, [kind], [word]))
+            continue
+        chunks.extend(_split(s, word, blocked))
     for c in chunks:
         c.status = _judge(text, lowered, c, lexicon)
     _organisations(text, chunks)
     _propagate(text, chunks)
     out: list[Span] = [(c.start, c.end, PERSON) for c in chunks if c.status == "yes"]
     out += [(c.start, c.end, PERSON + "?") for c in chunks if c.status == "line"]
-    if cue_fired and not any(ch.isupper() for ch in text):  # an all-lower-case text
+    if cue_fired and text.islower():  # an all-lower-case text
         for m in _LOWER_NAME_AFTER.finditer(lowered):
             words = m.group(1).split(" ")
             keep = [w for w in words if w in _NAMES and w not in COMMON_WORDS]
