@@ -26,7 +26,6 @@ from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts
 from streams.kafka.topics import CATALOGUE, key_for
 from streams.policy.config import PolicyConfig
-from streams.policy.models import DAY_MS
 
 # Topics a job writes to: where canaries are searched for.
 OUTPUTS = tuple(
@@ -170,7 +169,12 @@ class CanaryRun:
             value = self.contracts.codec(field_name).encode(record)
             producer.produce(topic, key=key or key_for(field_name, record), value=value)
 
-        created = self.now_ms - 60_000
+        # The watermark contract (R12): a change is published before any watermark at or past
+        # its effective time. Canaries may run against a cluster whose watermark already
+        # stands near "now", so their settings take effect just after now and their
+        # requests are created after that; the run's own watermark then covers them.
+        effective = self.now_ms + 1
+        created = self.now_ms + 2_000
         by_name = {case.name: case for case in CASES}
 
         def change(case: str, effective: int, **fields: Any) -> dict[str, Any]:
@@ -189,15 +193,15 @@ class CanaryRun:
             base.update(fields)
             return base
 
-        send("data_controls", change("zdr", created - DAY_MS, zero_data_retention=True))
-        send("data_controls", change("zdr_bad_record", created - DAY_MS, zero_data_retention=True))
+        send("data_controls", change("zdr", effective, zero_data_retention=True))
+        send("data_controls", change("zdr_bad_record", effective, zero_data_retention=True))
         send(
             "data_controls",
-            change("opted_out", created - DAY_MS, prompts_generations_training=False),
+            change("opted_out", effective, prompts_generations_training=False),
         )
         send(
             "data_controls",
-            change("before_opt_in", created - DAY_MS, prompts_generations_training=False),
+            change("before_opt_in", effective, prompts_generations_training=False),
         )
         send(
             "data_controls", change("before_opt_in", created + 1, prompts_generations_training=True)
@@ -207,7 +211,7 @@ class CanaryRun:
             {
                 "deletion_id": f"del-{self.run_id}",
                 "org_id": self.org("deleted_org"),
-                "requested_at_ms": created - 1_000,
+                "requested_at_ms": effective,
             },
         )
         send(
@@ -243,7 +247,8 @@ class CanaryRun:
         send(
             "request_logs", self.contracts.codec("request_logs").encode(bad), key=bad["request_id"]
         )
-        send("controls_watermark", {"watermark_ms": self.now_ms, "published_at_ms": self.now_ms})
+        mark = created + 1_000
+        send("controls_watermark", {"watermark_ms": mark, "published_at_ms": self.now_ms})
         producer.flush(30)
         return len(requests) + 1
 
