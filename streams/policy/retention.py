@@ -46,6 +46,10 @@ Where the policy is silent (choices that protect the customer's data):
 * Records of a deleted org are not sent to safety review: they are kept only because a
   legal hold requires it.
 * A release at a future instant keeps the hold until that instant.
+* "Not found" and "already expired" are one outcome: remembering every deleted request
+  id to tell them apart would keep state about data that must be gone.
+* A log-store value that cannot be read is tracked as if created when it arrived, with
+  the default 30 days (``untrusted_tracked``): kept for an operator, never forever.
 """
 
 from __future__ import annotations
