@@ -1,11 +1,11 @@
 """The retention job: R4 expiry, R5 misuse holds and safety review, R6 legal holds, R7
 contract retention, R15 account deletion; R16 audit and R17 dead letters. Built on faust.
 
-Topology (one faust app; consumer group and app id ``<prefix>retention``)::
+Topology (one faust app; consumer group and app id ``<prefix>retention.faust``)::
 
   misuse-flags, legal-holds, account-deletions   (1 partition each, compacted)
-     -- controls agent: decode, validate (R17), broadcast -->  <prefix>retention-commands
-  log-store (P partitions, compacted, keyed by request id)  +  retention-commands (P partitions)
+     -- controls agent: decode, validate (R17), broadcast -->  <prefix>retention.commands
+  log-store (P partitions, compacted, keyed by request id)  +  retention.commands (P partitions)
      -- retention agent: one RetentionBook per partition -->   log-store tombstones,
                                                                 deletion-events, safety-review,
                                                                 audit-decisions, dead-letters
@@ -66,7 +66,7 @@ from streams.kafka.faust_app import (
     raw_topic,
 )
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.topics import key_for
+from streams.kafka.topics import RETENTION, internal_topic, key_for
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.holds import validate_flag, validate_legal_hold
@@ -151,7 +151,8 @@ class RetentionSettings:
 
 
 def commands_topic_name(config: PolicyConfig) -> str:
-    return f"{config.topics.log_store.removesuffix('log-store')}retention-commands"
+    """``<prefix>retention.commands``: job-internal, only the retention role may use it."""
+    return internal_topic(config.topics, RETENTION, "commands")
 
 
 # --- state -------------------------------------------------------------------------------

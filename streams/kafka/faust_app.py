@@ -5,8 +5,8 @@ Avro contracts (``streams.kafka.serde``) inside the agent, so a record that does
 decode becomes a dead letter (R17) instead of an exception in faust's deserializer.
 
 Faust names its own topics (table changelogs, the leader topic) after the app id; the app
-id carries the topic prefix of the configuration (``PolicyConfig.with_topics_prefix``), so
-tests and demos sharing one broker never share a changelog.
+id is the job's internal-topic name ``<prefix><job>.faust``, so tests and demos sharing
+one broker never share a changelog and the job's R18 ACLs cover every topic faust makes.
 
 Partitioning: faust's producer (aiokafka) hashes keys with murmur2, while every other
 producer of this project (confluent-kafka, librdkafka's default ``consistent_random``)
@@ -30,6 +30,7 @@ import faust
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TopicT
 
+from streams.kafka.topics import internal_topic
 from streams.policy.config import Topics
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,10 @@ class FaustSettings:
 
     @property
     def app_id(self) -> str:
-        return f"{topic_prefix(self.topics)}{self.job}"
+        """``<prefix><job>.faust``: the consumer group, and the prefix of every topic faust
+        creates (``<app id>-<table>-changelog``, the leader topic), so they all fall under
+        the job's internal-topic prefix and its ACLs (R18, ``topics.internal_topic``)."""
+        return internal_topic(self.topics, self.job, "faust")
 
 
 def build_app(settings: FaustSettings) -> faust.App:
