@@ -300,6 +300,7 @@ def build_safety_evaluation_loop(
     metrics: JobMetrics | None = None,
     redactor: PersonalInformationRedactor | None = None,
     clock: Callable[[], int] = wall_clock_ms,
+    exit_when_stuck_s: float | None = None,
 ) -> tuple[StatefulLoop, SafetyEvaluator]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     contracts.register_all()  # fail fast, and the same schema ids in every process
@@ -323,6 +324,7 @@ def build_safety_evaluation_loop(
             bootstrap_servers=bootstrap_servers,
             group_id=group,
             transactional_id=f"{group}-{worker_id}",
+            exit_when_stuck_s=exit_when_stuck_s,
             input_topics=[config.topics.safety_review],
             batch_size=200,
         ),
@@ -345,7 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port != DISABLED:
         metrics.serve(args.metrics_port)
     loop, processor = build_safety_evaluation_loop(
-        args.bootstrap, args.registry, load_config(), args.worker_id, metrics=metrics
+        args.bootstrap,
+        args.registry,
+        load_config(),
+        args.worker_id,
+        metrics=metrics,
+        # a transaction stuck past this bound exits the worker; its restart resumes exactly
+        exit_when_stuck_s=float(os.environ.get("STREAMS_EXIT_WHEN_STUCK_S", "60")),
     )
     loop.install_signal_handlers()
     log.info("safety-evaluation worker %s started", args.worker_id)

@@ -38,7 +38,6 @@ import logging
 import os
 import tempfile
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -46,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient
 
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
@@ -423,6 +421,7 @@ def build_usage_loop(
     settings: UsageSettings | None = None,
     metrics: JobMetrics | None = None,
     clock: Callable[[], int] = wall_clock_ms,
+    exit_when_stuck_s: float | None = None,
 ) -> tuple[StatefulLoop, UsageProcessor]:
     contracts = Contracts(registry_client(registry_url), config.topics)
     contracts.register_all()  # fail fast, and the same schema ids in every process
@@ -436,6 +435,7 @@ def build_usage_loop(
             bootstrap_servers=bootstrap_servers,
             group_id=group,
             transactional_id=f"{group}-{worker_id}",  # a restarted worker fences its predecessor
+            exit_when_stuck_s=exit_when_stuck_s,
             input_topics=[config.topics.usage_events],
         ),
         processor,
@@ -455,41 +455,31 @@ def build_faust_app(
     clock: Callable[[], int] = wall_clock_ms,
     sink_partition: str = "key",
 ) -> Any:
-    """The usage job on faust-streaming windowed tables (see the module docstring)."""
-    import faust  # only this engine needs it
+    """The usage job on faust-streaming windowed tables (see the module docstring), built
+    with the project's faust wiring (``streams.kafka.faust_app``)."""
+    from streams.kafka.faust_app import FaustSettings, build_app, partition_counts, raw_topic
+    from streams.kafka.faust_app import partition_for as crc32_partition
 
     settings = settings or UsageSettings()
     contracts = Contracts(registry_client(registry_url), config.topics)
     contracts.register_all()
     core = UsageCore(config, contracts, settings, metrics or JobMetrics(JOB), clock)
-    directory = state_dir or Path(tempfile.mkdtemp(prefix="usage-faust-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    metadata = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=30)
-    counts = {name: len(info.partitions) for name, info in metadata.topics.items()}
+    sink_names = [getattr(config.topics, f) for f in _OUTPUTS]
+    counts = partition_counts(bootstrap_servers, [config.topics.usage_events, *sink_names])
     partitions = counts[config.topics.usage_events]
-    app = faust.App(
-        f"{group_id(config)}-faust",
-        broker=[f"kafka://{h}" for h in bootstrap_servers.split(",") if h],
-        store="memory://",
-        datadir=str(directory),
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_replication_factor=1,
-        topic_partitions=partitions,
-        table_standby_replicas=0,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        processing_guarantee=guarantee,
-        producer_acks=-1,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
+    app = build_app(
+        FaustSettings(
+            job=f"{JOB}-faust",
+            bootstrap_servers=bootstrap_servers,
+            topics=config.topics,
+            state_dir=state_dir or Path(tempfile.mkdtemp(prefix="usage-faust-")),
+            processing_guarantee=guarantee,
+            partitions=partitions,
+        )
     )
 
     def raw(name: str) -> Any:
-        return app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
+        return raw_topic(app, name)
 
     source = raw(config.topics.usage_events)
     sinks = {getattr(config.topics, f): raw(getattr(config.topics, f)) for f in _OUTPUTS}
@@ -514,7 +504,7 @@ def build_faust_app(
     ).tumbling(size, expires=expires)
 
     def partition_for(key: bytes | None, topic: str) -> int | None:
-        return None if key is None else zlib.crc32(key) % counts[topic]
+        return None if key is None else crc32_partition(key, counts[topic])
 
     totals, seen = totals.relative_to(relative), seen.relative_to(relative)
 
@@ -601,7 +591,13 @@ def main(argv: list[str] | None = None) -> None:
         Worker(app, loglevel="INFO", quiet=True).execute_from_commandline()
         return
     loop, processor = build_usage_loop(
-        args.bootstrap, args.registry, config, args.worker_id, metrics=metrics
+        args.bootstrap,
+        args.registry,
+        config,
+        args.worker_id,
+        metrics=metrics,
+        # a transaction stuck past this bound exits the worker; its restart resumes exactly
+        exit_when_stuck_s=float(os.environ.get("STREAMS_EXIT_WHEN_STUCK_S", "60")),
     )
     loop.install_signal_handlers()
     log.info("usage worker %s started", args.worker_id)

@@ -549,8 +549,9 @@ def test_R18_job_state_topics_are_reachable_only_by_their_job() -> None:
 
     kafka = LocalKafka(authenticated=True, users={role: f"{role}-pw" for role in ROLES})
     kafka.start()
-    try:
-        topics = Topics()
+
+    def set_up(topics: Topics) -> None:
+        """Clients live only in here, so none outlives the broker."""
         admin = AdminClient(kafka.client_config())
         for future in admin.create_acls(acl_bindings(topics)).values():
             future.result()
@@ -561,6 +562,9 @@ def test_R18_job_state_topics_are_reachable_only_by_their_job() -> None:
             producer = Producer(kafka.client_config(role))
             producer.produce(name, key=b"k", value=b"v")
             assert producer.flush(30) == 0
+
+    try:
+        set_up(Topics())
         assert can_read(kafka, "usage", "usage.state")
         assert can_read(kafka, "safety-evaluation", "safety-evaluation.state")
         for role in ("analytics", "safety-team", "safety-evaluation", "training"):
