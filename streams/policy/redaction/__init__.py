@@ -6,7 +6,7 @@ removed from prompts, documents, generations and metadata, and replaced by typed
 API::
 
     redact("Mail jane@example.com")    -> Redaction(text="Mail [EMAIL]", counts={"EMAIL": 1})
-    r = Redactor()                              # compile once, reuse (thread-safe for reading)
+    r = Redactor()                              # compile once, reuse (safe across threads)
     r.redact(text)                              -> Redaction
     r.redact_mapping({"k": "v", "n": {...}})    -> (redacted dict, counts)
 

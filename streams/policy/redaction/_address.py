@@ -419,8 +419,12 @@ def _grow(text: str, core: tuple[int, int], pats: _Patterns) -> tuple[int, int]:
                 break
         if grown is None and (newline or comma):
             m = pats.place.match(text, pos)
-            if m and (_LINE_END.match(text, m.end()) or _SENTENCE_END.match(text, m.end())):
-                grown = m.end()
+            if m:
+                end = m.end()
+                if text[end - 1] == "." and _SENTENCE_END.match(text, end - 1):
+                    grown = end - 1  # "..., Springfield. Next sentence"
+                elif _LINE_END.match(text, end) or _SENTENCE_END.match(text, end):
+                    grown = end
         if grown is None:
             break
         e = grown

@@ -19,6 +19,7 @@ native engines fail; the redactor then runs every detector (fail closed).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -102,6 +103,7 @@ class HyperscanEngine:
     def __init__(self, triggers: Sequence[Trigger]) -> None:
         import hyperscan
 
+        self._hs = hyperscan
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         flags = [
             hyperscan.HS_FLAG_SINGLEMATCH | (hyperscan.HS_FLAG_CASELESS if t.caseless else 0)
@@ -113,22 +115,23 @@ class HyperscanEngine:
             elements=len(triggers),
             flags=flags,
         )
-        self._scratch = hyperscan.Scratch(self._db)
-        self._hits: set[int] = set()
-
-        def on_match(id_: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-            self._hits.add(id_)
-
-        self._on_match = on_match
+        self._local = threading.local()  # Hyperscan scratch space is per thread
 
     def fired(self, text: str) -> set[int] | None:
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
             return None
-        hits = self._hits = set()
-        self._db.scan(data, match_event_handler=self._on_match, scratch=self._scratch)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = self._hs.Scratch(self._db)
+        hits: set[int] = set()
+        self._db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
         return hits
+
+
+def _on_match(id_: int, _from: int, _to: int, _flags: int, hits: object) -> None:
+    hits.add(id_)  # type: ignore[attr-defined]
 
 
 ENGINES: dict[str, type[NoEngine | PyReEngine | Re2SetEngine | Re2AltEngine | HyperscanEngine]] = {

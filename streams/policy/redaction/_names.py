@@ -158,8 +158,14 @@ def find_names(
     chunks: list[_Chunk] = []
     for m in _CHUNK.finditer(text):
         s = m.start()
-        if s and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-"):
-            continue  # inside an identifier, e-mail, path or URL
+        # Inside an identifier, e-mail, path or URL, unless that is another detected span
+        # (it becomes a placeholder: "x@y.comMaria Gonzalez" -> "[EMAIL] Gonzalez").
+        if (
+            s
+            and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-")
+            and not (blocked and any(bs <= s - 1 < be for bs, be in blocked))
+        ):
+            continue
         word = m.group()
         if " " not in word:  # fast path: most chunks are one word, most of those common
             kind = _kind(word)
