@@ -80,10 +80,14 @@ _SURNAME_ENDINGS = tuple(
 )
 
 # Engine triggers: context phrases followed by something that is not a lower-case word.
+# "An upper-case letter": A-Z or any non-ASCII character (a UTF-8 byte >= 0x80 for
+# byte-oriented engines), so "[PERSON]" or "(" after a cue does not fire.
+_UPPER_ISH = r"[^\x00-\x40\x5b-\x7f]"
+_LETTER_ISH = r"[^\x00-\x40\x5b-\x60\x7b-\x7f]"
 TRIGGERS: tuple[Trigger, ...] = (
-    Trigger(r"(?i:my name is|my name's|name:|call me|i am|i'm)[ \t]+[^\s0-9]"),
-    Trigger(r"(?i:" + STRONG_CUES + r")[ \t]*[:,]?[ \t]*[^\sa-z0-9]"),
-    Trigger(r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+[^\sa-z0-9]"),
+    Trigger(r"(?i:my name is|my name's|name:|call me|i am|i'm)[ \t]+" + _LETTER_ISH),
+    Trigger(r"(?i:" + STRONG_CUES + r")[ \t]*[:,]?[ \t]*" + _UPPER_ISH),
+    Trigger(r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+" + _UPPER_ISH),
 )
 
 _NAMES = FIRST_NAMES | SURNAMES
@@ -226,9 +230,26 @@ def _split(start: int, chunk: str, blocked: list[tuple[int, int]] | None = None)
     return out
 
 
+# Head nouns of things named after people: "Eiffel Tower", "Nobel Prize", "Bayes Theorem".
+_EPONYM_HEADS = frozenset(
+    """tower bridge street avenue road park square building hall center centre museum gallery
+    library hospital university college school institute station airport stadium arena
+    theater theatre palace castle cathedral church chapel temple mosque river lake mountain
+    island bay beach valley canyon falls fair award awards prize medal act law theorem lemma
+    equation effect principle syndrome disease test cup trophy festival foundation fund
+    memorial monument""".split()
+)
+_NEXT_WORD = re.compile(r"[ ]+([^\W\d_]+)")
+
+
 def _judge(text: str, lowered: str, c: _Chunk, lexicon: bool) -> str:
     core = [k for k in c.kinds if k not in "IP"]
     if not core or len(core) > 4:
+        return ""
+    if c.words[-1].lower() in _EPONYM_HEADS:
+        return ""
+    nxt = _NEXT_WORD.match(text, c.end)
+    if nxt and nxt.group(1)[:1].isupper() and nxt.group(1).lower() in _EPONYM_HEADS:
         return ""
     before = lowered[max(0, c.start - 48) : c.start]
     strong = bool(_STRONG_BEFORE.search(before))
