@@ -92,6 +92,11 @@ def state_topic(config: PolicyConfig) -> str:
     return internal_topic(config.topics, USAGE, "state")
 
 
+def faust_app_id(config: PolicyConfig) -> str:
+    """The faust engine's app id and consumer group (``streams.kafka.faust_app``)."""
+    return internal_topic(config.topics, USAGE, "faust")
+
+
 def group_id(config: PolicyConfig) -> str:
     """Consumer group and transactional-id prefix: ``<prefix>usage`` (R18 ACLs grant it)."""
     return config.topics.usage_events.removesuffix("usage-events") + JOB
@@ -469,7 +474,7 @@ def build_faust_app(
     partitions = counts[config.topics.usage_events]
     app = build_app(
         FaustSettings(
-            job=f"{JOB}-faust",
+            job=JOB,  # app id and consumer group: faust_app_id(config)
             bootstrap_servers=bootstrap_servers,
             topics=config.topics,
             state_dir=state_dir or Path(tempfile.mkdtemp(prefix="usage-faust-")),
