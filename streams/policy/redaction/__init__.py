@@ -115,8 +115,9 @@ class Redaction:
 class Redactor:
     """R11 redactor; build once (compiles the engine) and reuse.
 
-    ``engine``: "auto" (fastest available, see docs/redaction_results.md), "hyperscan",
-    "re2-set", "re2-alt" or "re". The output does not depend on the engine.
+    ``engine``: "auto" (RE2::Set, the fastest measured, see docs/redaction_results.md; then
+    Hyperscan if installed, then Python ``re``), "re2-set", "hyperscan", "re2-alt", "re" or
+    "none" (no pre-filter). The output does not depend on the engine.
     """
 
     def __init__(self, engine: str = "auto") -> None:
