@@ -113,22 +113,20 @@ def corpus(n: int = 2000, seed: int = 11, pii_share: float = 0.10) -> list[tuple
     return pairs
 
 
-def _median_seconds(fn: Callable[[], object], runs: int) -> float:
-    """Median CPU time of this process (``process_time``: not inflated when other processes
-    compete for the cores, as they do on a shared CI machine)."""
-    times = []
-    for _ in range(runs):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+def _cpu(fn: Callable[[], object]) -> float:
+    """CPU time of this process for one call (``process_time``: not inflated when other
+    processes compete for the cores, as they do on a shared CI machine)."""
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
 
 
 def measure(runs: int = 7, n: int = 2000) -> tuple[str, dict[str, dict[str, float]]]:
     pairs = corpus(n)
     clean = [(p, g) for p, g, pii in pairs if not pii]
     dirty = [(p, g) for p, g, pii in pairs if pii]
-    texts = [t for p, g, _ in pairs for t in (p, g)]
+    all_pairs = [(p, g) for p, g, _ in pairs]
+    texts = [t for p, g in all_pairs for t in (p, g)]
     chars = sum(len(t) for t in texts)
     redactors = {}
     for name in ENGINES:
@@ -141,28 +139,25 @@ def measure(runs: int = 7, n: int = 2000) -> tuple[str, dict[str, dict[str, floa
         if [r.redact(t).text for t in texts] != reference:
             raise SystemExit(f"engine {name} disagrees with Python re")
 
+    # Interleaved: every run times every engine in turn, so a change of machine load during
+    # the benchmark hits all engines alike; the medians over runs are reported.
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"pre": [], "full": [], "clean": [], "pii": []} for name in redactors
+    }
+    slow = {"re", "none"}
+    for run in range(runs):
+        for name, r in redactors.items():
+            if name in slow and run >= 3:
+                continue  # the baselines are 30-100x slower: three runs are enough
+            s = samples[name]
+            s["pre"].append(_cpu(lambda r=r: [r._engine.fired(t) for t in texts]))
+            s["full"].append(_cpu(lambda r=r: [r.redact(t) for p, g in all_pairs for t in (p, g)]))
+            s["clean"].append(_cpu(lambda r=r: [r.redact(t) for p, g in clean for t in (p, g)]))
+            s["pii"].append(_cpu(lambda r=r: [r.redact(t) for p, g in dirty for t in (p, g)]))
     results: dict[str, dict[str, float]] = {}
-    for name, r in redactors.items():
-        engine = r._engine
-
-        def prefilter(engine: object = engine) -> None:
-            for t in texts:
-                engine.fired(t)  # type: ignore[attr-defined]
-
-        def pair_loop(
-            items: list[tuple[str, str]], r: Redactor = r
-        ) -> Callable[[], None]:  # fmt: skip
-            def run() -> None:
-                for p, g in items:
-                    r.redact(p)
-                    r.redact(g)
-
-            return run
-
-        pre = _median_seconds(prefilter, runs)
-        full = _median_seconds(pair_loop([(p, g) for p, g, _ in pairs]), runs)
-        cl = _median_seconds(pair_loop(clean), runs)
-        di = _median_seconds(pair_loop(dirty), runs)
+    for name, s in samples.items():
+        pre, full = statistics.median(s["pre"]), statistics.median(s["full"])
+        cl, di = statistics.median(s["clean"]), statistics.median(s["pii"])
         results[name] = {
             "prefilter_mb_s": chars / pre / 1e6,
             "prefilter_us_text": pre / len(texts) * 1e6,
@@ -176,7 +171,8 @@ def measure(runs: int = 7, n: int = 2000) -> tuple[str, dict[str, dict[str, floa
     base = results["re"]
     lines = [
         f"Corpus: {len(pairs)} pairs ({len(clean)} PII-free, {len(dirty)} with PII), "
-        f"{avg_pair:.0f} characters per pair on average; median CPU time of {runs} runs; "
+        f"{avg_pair:.0f} characters per pair on average; median CPU time of {runs} interleaved "
+        f"runs (3 for re and none); "
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs. Outputs of all engines identical.",
         "",
