@@ -121,6 +121,23 @@ def _cpu(fn: Callable[[], object]) -> float:
     return time.process_time() - t0
 
 
+def _prefilter_loop(r: Redactor, texts: list[str]) -> Callable[[], None]:
+    def run() -> None:
+        for t in texts:
+            r._engine.fired(t)
+
+    return run
+
+
+def _pair_loop(r: Redactor, pairs: list[tuple[str, str]]) -> Callable[[], None]:
+    def run() -> None:
+        for p, g in pairs:
+            r.redact(p)
+            r.redact(g)
+
+    return run
+
+
 def measure(runs: int = 7, n: int = 2000) -> tuple[str, dict[str, dict[str, float]]]:
     pairs = corpus(n)
     clean = [(p, g) for p, g, pii in pairs if not pii]
@@ -149,11 +166,11 @@ def measure(runs: int = 7, n: int = 2000) -> tuple[str, dict[str, dict[str, floa
         for name, r in redactors.items():
             if name in slow and run >= 3:
                 continue  # the baselines are 30-100x slower: three runs are enough
-            s = samples[name]
-            s["pre"].append(_cpu(lambda r=r: [r._engine.fired(t) for t in texts]))
-            s["full"].append(_cpu(lambda r=r: [r.redact(t) for p, g in all_pairs for t in (p, g)]))
-            s["clean"].append(_cpu(lambda r=r: [r.redact(t) for p, g in clean for t in (p, g)]))
-            s["pii"].append(_cpu(lambda r=r: [r.redact(t) for p, g in dirty for t in (p, g)]))
+            sample = samples[name]
+            sample["pre"].append(_cpu(_prefilter_loop(r, texts)))
+            sample["full"].append(_cpu(_pair_loop(r, all_pairs)))
+            sample["clean"].append(_cpu(_pair_loop(r, clean)))
+            sample["pii"].append(_cpu(_pair_loop(r, dirty)))
     results: dict[str, dict[str, float]] = {}
     for name, s in samples.items():
         pre, full = statistics.median(s["pre"]), statistics.median(s["full"])

@@ -151,7 +151,8 @@ class Redactor:
                 owners.add(index)
         cue = _NAMES in owners
         owners.discard(_NAMES)
-        if not owners and not cue and not gate(text):
+        lexicon = gate(text)
+        if not owners and not cue and not lexicon:
             return []
         low: str | None = text.lower()
         if len(low) != len(text):  # type: ignore[arg-type]
@@ -161,7 +162,8 @@ class Redactor:
             spans.extend(self._detectors[index].find(text, low))
         # Names are cut at the other spans, as a second pass would see them (placeholders).
         blocked = [(s, e) for s, e, _ in spans]
-        spans.extend(find_names(text, low, cue or fired is None, blocked))
+        if cue or lexicon or fired is None:
+            spans.extend(find_names(text, low, cue or fired is None, blocked, lexicon))
         if not spans:
             return []
         if any(label == _PERSON_IF_CONTACT for _, _, label in spans):

@@ -84,10 +84,11 @@ _SURNAME_ENDINGS = tuple(
 # byte-oriented engines), so "[PERSON]" or "(" after a cue does not fire.
 _UPPER_ISH = r"[^\x00-\x40\x5b-\x7f]"
 _LETTER_ISH = r"[^\x00-\x40\x5b-\x60\x7b-\x7f]"
+_WORD_START = r"(?:^|[^A-Za-z])"  # the cues must start a word ("hi", not "this")
 TRIGGERS: tuple[Trigger, ...] = (
-    Trigger(r"(?i:my name is|my name's|name:|call me|i am|i'm)[ \t]+" + _LETTER_ISH),
-    Trigger(r"(?i:" + STRONG_CUES + r")[ \t]*[:,]?[ \t]*" + _UPPER_ISH),
-    Trigger(r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+" + _UPPER_ISH),
+    Trigger(_WORD_START + r"(?i:my name is|my name's|name:|call me)[ \t]+" + _LETTER_ISH),
+    Trigger(_WORD_START + r"(?i:" + STRONG_CUES + r")[ \t]*[:,]?[ \t]*" + _UPPER_ISH),
+    Trigger(_WORD_START + r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+" + _UPPER_ISH),
 )
 
 _NAMES = FIRST_NAMES | SURNAMES
@@ -146,7 +147,11 @@ class _Chunk:
 
 
 def find_names(
-    text: str, low: str | None, cue_fired: bool, blocked: list[tuple[int, int]] | None = None
+    text: str,
+    low: str | None,
+    cue_fired: bool,
+    blocked: list[tuple[int, int]] | None = None,
+    lexicon: bool | None = None,
 ) -> list[Span]:
     """PERSON spans; spans that need other personal data nearby (a name line at the top of
     a contact block) are returned with label ``PERSON?`` for the caller to confirm.
@@ -154,8 +159,9 @@ def find_names(
 
     ``cue_fired``: the engine saw a context-phrase trigger (else no context rule can apply).
     Rules that need no context phrase only apply when the lexicon gate passes, so the result
-    does not depend on the engine."""
-    lexicon = gate(text)
+    does not depend on the engine. ``lexicon``: ``gate(text)`` if the caller has it."""
+    if lexicon is None:
+        lexicon = gate(text)
     if not cue_fired and not lexicon:
         return []
     lowered = low if low is not None and len(low) == len(text) else text.lower()
