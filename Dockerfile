@@ -4,5 +4,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY schemas ./schemas
-RUN pip install --no-cache-dir .
+# Editable: the jobs read their Avro contracts from /app/schemas beside the package.
+RUN pip install --no-cache-dir -e .
 ENTRYPOINT ["streams"]
