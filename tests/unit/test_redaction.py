@@ -377,6 +377,25 @@ def test_r11_typical_pair_is_fast_enough() -> None:
     assert per_pair < 500e-6, f"{per_pair * 1e6:.0f} µs per pair"
 
 
+@pytest.mark.parametrize(
+    "unit",
+    ["Apt. 1 ", "1234 ", "corner of Abc and Def, ", "call 555 1234 ", "Anna Lee, ", "a:b:"],
+)
+def test_r11_hostile_long_inputs_stay_linear(unit: str) -> None:
+    """R11 robustness: repetitive hostile text costs time linear in its length (4x the text
+    may not cost 16x: no quadratic growth, no catastrophic backtracking)."""
+
+    def cost(n: int) -> float:
+        text = unit * (n // len(unit))
+        t0 = time.process_time()
+        R.redact(text)
+        return time.process_time() - t0
+
+    small, large = cost(10_000), cost(40_000)
+    assert large < 2.0, f"{large:.2f} s for 40 KB"
+    assert large < 10 * max(small, 0.002), (small, large)
+
+
 # ---------------------------------------------------------------- accuracy targets
 
 

@@ -47,6 +47,7 @@ Redacting redacted text changes nothing (existing placeholders are left alone).
 
 from __future__ import annotations
 
+import bisect
 import re
 import types
 from collections.abc import Mapping
@@ -93,7 +94,7 @@ __all__ = [
 ]
 
 _NAMES = -1
-_MAX_PASSES = 4
+_MAX_PASSES = 8
 _PERSON_IF_CONTACT = PERSON + "?"
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(LABELS) + r")\]")
 _EMPTY: Mapping[str, int] = types.MappingProxyType({})
@@ -232,34 +233,60 @@ class Redactor:
 def _confirm_name_lines(spans: list[Span]) -> list[Span]:
     """A line holding only a name ("Jane Roe" above an address block) is a PERSON when other
     personal data (address, phone, e-mail, ...) follows within a few lines."""
-    others = [s for s, _, label in spans if label not in (PERSON, _PERSON_IF_CONTACT)]
+    others = sorted(s for s, _, label in spans if label not in (PERSON, _PERSON_IF_CONTACT))
     out: list[Span] = []
     for s, e, label in spans:
         if label == _PERSON_IF_CONTACT:
-            if any(e <= o <= e + 300 for o in others):
+            i = bisect.bisect_left(others, e)
+            if i < len(others) and others[i] <= e + 300:
                 out.append((s, e, PERSON))
         else:
             out.append((s, e, label))
     return out
 
 
+class _Taken:
+    """Non-overlapping intervals sorted by start (so overlap queries are logarithmic: long
+    texts with thousands of spans stay linear-ish)."""
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        intervals = sorted(intervals)
+        self.starts = [s for s, _ in intervals]
+        self.ends = [e for _, e in intervals]
+
+    def overlapping(self, s: int, e: int) -> list[tuple[int, int]]:
+        i = max(0, bisect.bisect_right(self.starts, s) - 1)
+        out = []
+        while i < len(self.starts) and self.starts[i] < e:
+            if self.ends[i] > s:
+                out.append((self.starts[i], self.ends[i]))
+            i += 1
+        return out
+
+    def add(self, s: int, e: int) -> None:
+        i = bisect.bisect_left(self.starts, s)
+        self.starts.insert(i, s)
+        self.ends.insert(i, e)
+
+
 def _resolve(text: str, spans: list[Span], protected: list[tuple[int, int]]) -> list[Span]:
     """Highest priority, then longest, wins; a span that overlaps a stronger one keeps its
-    longest remaining part; adjacent address pieces are merged."""
-    taken: list[tuple[int, int]] = list(protected)
+    free parts; adjacent address pieces are merged."""
+    taken = _Taken(protected)
     chosen: list[Span] = []
     for s, e, label in sorted(spans, key=lambda x: (-PRIORITY[x[2]], x[0] - x[1], x[0])):
         if e <= s:
             continue
-        if any(s < te and ts < e for ts, te in taken):
+        hits = taken.overlapping(s, e)
+        if hits:
             # A span that overlaps a stronger one keeps its free parts, never vanishes (fail
             # closed, and what a second pass would find is already gone):
             # "Mrs. Barbara Yudina Apt" + address "Apt. 675 ..." -> "Barbara Yudina".
-            for ps, pe in _free_parts(text, s, e, taken):
-                taken.append((ps, pe))
+            for ps, pe in _free_parts(text, s, e, hits):
+                taken.add(ps, pe)
                 chosen.append((ps, pe, label.rstrip("?")))
             continue
-        taken.append((s, e))
+        taken.add(s, e)
         chosen.append((s, e, label.rstrip("?")))
     chosen.sort()
     merged: list[Span] = []
@@ -273,19 +300,15 @@ def _resolve(text: str, spans: list[Span], protected: list[tuple[int, int]]) -> 
     return merged
 
 
-def _free_parts(text: str, s: int, e: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    pieces = [(s, e)]
-    for ts, te in taken:
-        nxt = []
-        for ps, pe in pieces:
-            if te <= ps or pe <= ts:
-                nxt.append((ps, pe))
-                continue
-            if ps < ts:
-                nxt.append((ps, ts))
-            if te < pe:
-                nxt.append((te, pe))
-        pieces = nxt
+def _free_parts(text: str, s: int, e: int, hits: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    pieces = []
+    pos = s
+    for ts, te in hits:  # sorted, non-overlapping
+        if ts > pos:
+            pieces.append((pos, ts))
+        pos = max(pos, te)
+    if pos < e:
+        pieces.append((pos, e))
     out = []
     for ps, pe in pieces:
         while ps < pe and not text[ps].isalnum() and text[ps] not in "+(":

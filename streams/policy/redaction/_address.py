@@ -307,10 +307,15 @@ def _finder(parts: tuple[str, ...], lower_case: bool) -> Callable[[str, str | No
             return []
         pats = _LOWER if lower_case else _NORMAL
         lowered = low if low is not None and len(low) == len(text) else text.lower()
-        cores = [c for part in parts for c in _cores(part, text, lowered, pats)]
+        cores = sorted(c for part in parts for c in _cores(part, text, lowered, pats))
         if not cores:
             return []
-        return [(s, e, STREET_ADDRESS) for s, e in _merge(_grow(text, c, pats) for c in cores)]
+        grown: list[tuple[int, int]] = []
+        for core in cores:
+            if grown and core[1] <= grown[-1][1]:
+                continue  # inside an address already grown (keeps long inputs linear)
+            grown.append(_grow(text, core, pats))
+        return [(s, e, STREET_ADDRESS) for s, e in _merge(grown)]
 
     return find
 
@@ -397,7 +402,7 @@ DETECTORS: tuple[Detector, ...] = (
 
 def _grow(text: str, core: tuple[int, int], pats: _Patterns) -> tuple[int, int]:
     s, e = core
-    while True:
+    for _ in range(3):  # a unit and/or building number or two in front
         m = pats.lead.search(text, max(0, s - 24), s)
         if not m or m.start() == s:
             break

@@ -165,6 +165,11 @@ def find_names(
     if not cue_fired and not lexicon:
         return []
     lowered = low if low is not None and len(low) == len(text) else text.lower()
+    mask: bytearray | None = None
+    if blocked:
+        mask = bytearray(len(text))  # 1 where another detector's span lies
+        for bs, be in blocked:
+            mask[bs:be] = b"\x01" * (be - bs)
     chunks: list[_Chunk] = []
     for m in _CHUNK.finditer(text):
         s = m.start()
@@ -173,7 +178,7 @@ def find_names(
         if (
             s
             and (text[s - 1].isalnum() or text[s - 1] in "_@.#/-")
-            and not (blocked and any(bs <= s - 1 < be for bs, be in blocked))
+            and not (mask is not None and mask[s - 1])
         ):
             continue
         word = m.group()
@@ -182,10 +187,10 @@ def find_names(
             if kind in "CIP":
                 continue
             e = s + len(word)
-            if not blocked or not any(s < be and bs < e for bs, be in blocked):
+            if mask is None or mask.find(1, s, e) < 0:
                 chunks.append(_Chunk(s, e, [kind], [word]))
             continue
-        chunks.extend(_split(s, word, blocked))
+        chunks.extend(_split(s, word, mask))
     for c in chunks:
         c.status = _judge(text, lowered, c, lexicon)
     _organisations(text, chunks)
@@ -204,15 +209,14 @@ def find_names(
     return out
 
 
-def _split(start: int, chunk: str, blocked: list[tuple[int, int]] | None = None) -> list[_Chunk]:
+def _split(start: int, chunk: str, mask: bytearray | None = None) -> list[_Chunk]:
     """Tokens of a capitalised run, cut at common words; leading/trailing initials and
     particles dropped (an initial right before a name stays: "J. Smith")."""
     toks = [(start + t.start(), t.group()) for t in _TOKEN.finditer(chunk)]
     kinds = [_kind(t) for _, t in toks]
-    if blocked:
+    if mask is not None:
         for i, (ts, t) in enumerate(toks):
-            te = ts + len(t)
-            if any(ts < be and bs < te for bs, be in blocked):
+            if mask.find(1, ts, ts + len(t)) >= 0:
                 kinds[i] = "C"  # part of another span (address, e-mail...): a separator
     out: list[_Chunk] = []
     run: list[int] = []
