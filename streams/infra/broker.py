@@ -65,7 +65,21 @@ _HOST = "127.0.0.1"
 _USER_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 # Everything the broker logs goes to server.log in its data dir, WARN and up (a start
-# writes two lines). Read by reload4j, the manifest's slf4j backend.
+# writes two lines). log4j2 is the manifest's slf4j backend; the log4j 1.x file serves a
+# release run with reload4j instead (STREAMS_KAFKA_LIBS).
+_LOG4J2 = """\
+<Configuration status="warn" shutdownHook="disable">
+  <Appenders>
+    <File name="file" fileName="{log_file}">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="state.change.logger" level="off"/>
+    <Root level="warn"><AppenderRef ref="file"/></Root>
+  </Loggers>
+</Configuration>
+"""
 _LOG4J = """\
 log4j.rootLogger=WARN, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -73,19 +87,6 @@ log4j.appender.file.File={log_file}
 log4j.appender.file.layout=org.apache.log4j.PatternLayout
 log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.state.change.logger=OFF
-"""
-# The same for log4j2, in case a compatibility run puts Kafka 4's own log4j-core first.
-_LOG4J2 = """\
-<Configuration status="warn">
-  <Appenders>
-    <File name="file" fileName="{log_file}">
-      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </File>
-  </Appenders>
-  <Loggers>
-    <Root level="warn"><AppenderRef ref="file"/></Root>
-  </Loggers>
-</Configuration>
 """
 
 
@@ -150,7 +151,7 @@ class LocalKafka:
         self.users: dict[str, str] = {ADMIN_USER: ADMIN_PASSWORD, **(users or {})}
         self.heap = heap
         self.num_partitions = num_partitions
-        self._libs = Path(libs) if libs is not None else None
+        self._libs = Path(libs).resolve() if libs is not None else None
         self.extra_properties = dict(extra_properties or {})
         self.keep_data = keep_data
         self.stop_timeout_s = stop_timeout_s
@@ -209,7 +210,7 @@ class LocalKafka:
         """The folder of jars the broker runs from (fetched on first use)."""
         if self._libs is None:
             override = os.environ.get(LIBS_ENV)
-            self._libs = Path(override) if override else libs_dir("kafka")
+            self._libs = Path(override).resolve() if override else libs_dir("kafka")
         return self._libs
 
     @property
