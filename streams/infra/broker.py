@@ -7,7 +7,7 @@ fixtures, the demo and the benchmarks; developers run one with ``bin/kafka-local
 
 ::
 
-    with LocalKafka() as kafka:                      # ~4-5 s on 2 cores, see startup_seconds
+    with LocalKafka() as kafka:                      # ~2 s on 2 cores, see startup_seconds
         Producer({"bootstrap.servers": kafka.bootstrap_servers})
 
 ``LocalKafka(authenticated=True, users={"training": "pw"})`` turns on SASL/PLAIN on
