@@ -14,7 +14,6 @@ Not a test: the machine is noisy, so read the medians and the ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
+from streams.infra.stack import broker_and_registry  # noqa: E402
 from streams.jobs.router import build_router_loop  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
 from streams.kafka.topics import ensure_topics, key_for  # noqa: E402
@@ -89,16 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        registry_url = os.environ.get("SCHEMA_REGISTRY_URL")
-        if not bootstrap:
-            from streams.infra.broker import LocalKafka
-
-            bootstrap = stack.enter_context(LocalKafka()).bootstrap_servers
-        if not registry_url:
-            from streams.infra.registry import LocalSchemaRegistry
-
-            registry_url = stack.enter_context(LocalSchemaRegistry()).url
+        bootstrap, registry_url = broker_and_registry(stack)
 
         config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
         admin = AdminClient({"bootstrap.servers": bootstrap})
