@@ -17,13 +17,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Message
 
 from streams.kafka.compacted import CompactedReader
 from streams.kafka.metrics import JobMetrics, port_from_env
+from streams.kafka.offload import Offload
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
@@ -67,6 +68,65 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def default_redaction_processes() -> int:
+    """``STREAMS_REDACTION_PROCESSES``, else one per core but the one the worker runs on."""
+    configured = os.environ.get("STREAMS_REDACTION_PROCESSES")
+    if configured is not None:
+        return int(configured)
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+# (input field, decoded record, consent version of the decision that made it a candidate)
+CandidateItem = tuple[str, Mapping[str, Any], str]
+
+
+class CandidateEncoder:
+    """R9-R11: a training candidate redacted and encoded from its decoded input record.
+
+    Redaction is most of the router's CPU, so by default this runs in worker processes
+    (``Offload``); the record it gets was already validated by the router's decision.
+    """
+
+    def __init__(
+        self, config: PolicyConfig, codec: Codec, redactor: PersonalInformationRedactor
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self.redactor = redactor
+
+    def encode(self, items: Sequence[CandidateItem]) -> list[bytes]:
+        encoded = []
+        for field, record, consent_version in items:
+            if field == "request_logs":
+                candidate = training_candidate(
+                    validate_request(record), consent_version, self.redactor, self.config
+                )
+            else:
+                candidate = finetune_candidate(
+                    validate_finetune_row(record), consent_version, self.redactor, self.config
+                )
+            encoded.append(self.codec.encode(candidate))
+        return encoded
+
+
+_worker_encoder: CandidateEncoder | None = None
+
+
+def start_candidate_worker(
+    config: PolicyConfig, subject: str, schema_text: str, schema_id: int
+) -> None:
+    """Run in each offload worker process (``streams.kafka.offload``) at its start."""
+    global _worker_encoder
+    _worker_encoder = CandidateEncoder(
+        config, Codec(None, subject, schema_text, schema_id), Redactor()
+    )
+
+
+def encode_candidates(items: Sequence[CandidateItem]) -> list[bytes]:
+    assert _worker_encoder is not None, "initializer did not run"
+    return _worker_encoder.encode(items)
+
+
 class Router:
     """The router's processor: state from compacted topics, decisions per record."""
 
@@ -77,11 +137,13 @@ class Router:
         redactor: PersonalInformationRedactor | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         metrics: JobMetrics | None = None,
+        redaction_processes: int = 0,
     ) -> None:
+        """``redaction_processes`` > 0 builds candidates in that many worker processes
+        (with the default redactor); 0 builds them in this process with ``redactor``."""
         self.config = config
         self.topics = config.topics
         self.clock = clock
-        self.redactor: PersonalInformationRedactor = redactor or Redactor()
         self.ledger = DataControlsLedger(config.defaults)
         self.holds = HoldIndex()
         self.stats: Counter[str] = Counter()
@@ -100,13 +162,26 @@ class Router:
             field: (getattr(self.topics, field), codec(field))
             for field in (
                 "log_store",
-                "training_candidates",
                 "usage_events",
                 "audit",
                 "dead_letters",
             )
         }
         self._log_store_fast = contracts.extending("request_logs", "log_store")
+        candidates = contracts.codec("training_candidates")
+        self._candidates: CandidateEncoder | None = None
+        self._offload: Offload[CandidateItem] | None = None
+        if redaction_processes <= 0:
+            self._candidates = CandidateEncoder(config, candidates, redactor or Redactor())
+        elif redactor is not None:
+            raise ValueError("worker processes use the default redactor")
+        else:
+            self._offload = Offload(
+                start_candidate_worker,
+                encode_candidates,
+                (config, candidates.subject, candidates.schema_text, candidates.schema_id),
+                processes=redaction_processes,
+            )
         self._state_outputs: list[Output] = []
         self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
@@ -231,8 +306,7 @@ class Router:
                 record = log_store_record(request, decision, self.config)
                 outputs.append(self._emit("log_store", request.request_id, record))
         if decision.has(Route.TRAINING_CANDIDATE):
-            candidate = training_candidate(request, decision, self.redactor, self.config)
-            outputs.append(self._emit("training_candidates", request.request_id, candidate))
+            outputs.append(self._candidate("request_logs", request.request_id, record, decision))
         outputs.append(
             self._audit(source, request.request_id, "request", request.org_id, decision, now)
         )
@@ -257,13 +331,27 @@ class Router:
         decision = decide_finetune_row(row, controls, facts, self.config)
         outputs = []
         if decision.has(Route.TRAINING_CANDIDATE):
-            candidate = finetune_candidate(row, decision, self.redactor, self.config)
-            outputs.append(self._emit("training_candidates", row.row_id, candidate))
+            outputs.append(self._candidate("finetune_rows", row.row_id, record, decision))
         outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, decision, now))
         self._count(decision)
         return outputs
 
     # --- outputs ------------------------------------------------------------------
+    def _candidate(
+        self, field: str, key: str, record: Mapping[str, Any], decision: Decision
+    ) -> Output:
+        item = (field, record, decision.consent_version)
+        topic = self.topics.training_candidates
+        if self._candidates is not None:
+            return Output(topic, key, self._candidates.encode([item])[0])
+        assert self._offload is not None
+        return Output(topic, key, self._offload.submit(item))
+
+    def close(self) -> None:
+        """Stops the candidate worker processes, if any."""
+        if self._offload is not None:
+            self._offload.close()
+
     def _emit(self, field: str, key: str, record: dict[str, Any]) -> Output:
         topic, codec = self._out[field]
         return Output(topic, key, codec.encode(record))
@@ -356,12 +444,19 @@ def build_router_loop(
     group_id: str | None = None,
     metrics: JobMetrics | None = None,
     exit_when_stuck_s: float | None = None,
+    redaction_processes: int | None = None,
 ) -> tuple[TransactionalLoop, Router]:
+    """One router worker; ``redaction_processes`` defaults to
+    ``default_redaction_processes()``."""
     contracts = Contracts(registry_client(registry_url), config.topics)
     # Registering every contract up front fails fast on an incompatible registry state,
     # and gives every process the same schema ids even on an in-memory registry.
     contracts.register_all()
-    router = Router(config, contracts, clock=clock, metrics=metrics)
+    if redaction_processes is None:
+        redaction_processes = default_redaction_processes()
+    router = Router(
+        config, contracts, clock=clock, metrics=metrics, redaction_processes=redaction_processes
+    )
     reader = router.attach_state_reader(bootstrap_servers)
     reader.catch_up()
     group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
@@ -377,6 +472,7 @@ def build_router_loop(
         router,
     )
     router.lag_source = loop.consumer
+    loop.on_close.append(router.close)
     return loop, router
 
 

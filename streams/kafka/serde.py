@@ -47,11 +47,24 @@ def load_schema_text(file_name: str) -> str:
 class Codec:
     """Encoder/decoder for one subject, with schema evolution on read."""
 
-    def __init__(self, registry: SchemaRegistryClient, subject: str, schema_text: str) -> None:
+    def __init__(
+        self,
+        registry: SchemaRegistryClient | None,
+        subject: str,
+        schema_text: str,
+        schema_id: int | None = None,
+    ) -> None:
+        """Registers ``schema_text`` under ``subject``; with ``schema_id`` (already registered,
+        e.g. in a worker process without a registry client) it only encodes and decodes."""
         self.subject = subject
+        self.schema_text = schema_text
         self._registry = registry
         self._schema = fastavro.parse_schema(json.loads(schema_text))
-        self.schema_id = registry.register_schema(subject, Schema(schema_text, "AVRO"))
+        if schema_id is None:
+            if registry is None:
+                raise ValueError("a codec without a registry needs the registered schema id")
+            schema_id = registry.register_schema(subject, Schema(schema_text, "AVRO"))
+        self.schema_id = schema_id
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._writers: dict[int, Any] = {self.schema_id: None}
 
@@ -100,6 +113,8 @@ class Codec:
             return self._writers[schema_id]
         except KeyError:
             pass
+        if self._registry is None:
+            raise DecodeError(f"unknown schema id {schema_id}")
         try:
             registered = self._registry.get_schema(schema_id)
         except Exception:

@@ -30,7 +30,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.kafka.metrics import JobMetrics
-from streams.kafka.transactional import LoopConfig, Output, Processor, TransactionalLoop
+from streams.kafka.transactional import (
+    LoopConfig,
+    Output,
+    Processor,
+    TransactionalLoop,
+    resolved,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,7 @@ class StatefulLoop(TransactionalLoop):
             extra["timestamp"] = out.timestamp_ms
         while True:
             try:
-                self.producer.produce(out.topic, key=out.key, value=out.value, **extra)
+                self.producer.produce(out.topic, key=out.key, value=resolved(out.value), **extra)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -31,11 +31,17 @@ from streams.policy.audit import Source
 log = logging.getLogger(__name__)
 
 
+class PendingValue(Protocol):
+    """A value still being computed elsewhere (``streams.kafka.offload``)."""
+
+    def result(self) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     topic: str
     key: bytes | str | None
-    value: bytes | None  # None is a tombstone
+    value: bytes | PendingValue | None  # None is a tombstone
 
 
 class Processor(Protocol):
@@ -79,6 +85,7 @@ class TransactionalLoop:
         self.consumed = 0
         self.produced = 0
         self.transactions = 0
+        self.on_close: list[Callable[[], None]] = []  # run after the clients are closed
         consumer_conf: dict[str, Any] = {
             "bootstrap.servers": config.bootstrap_servers,
             "group.id": config.group_id,
@@ -144,6 +151,8 @@ class TransactionalLoop:
             self.consumer.close()
         finally:
             self.producer.flush(10)
+            for close in self.on_close:
+                close()
 
     # --- one turn ---------------------------------------------------------------
     def step(self) -> None:
@@ -200,6 +209,14 @@ class TransactionalLoop:
 
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
         producer = self.producer
+        # Collected before the transaction begins: a failed computation fails the batch
+        # with nothing of it written.
+        outputs = [
+            out
+            if out.value is None or isinstance(out.value, bytes)
+            else replace(out, value=out.value.result())
+            for out in outputs
+        ]
         self._commit_started = time.monotonic()
         try:
             producer.begin_transaction()
@@ -242,7 +259,7 @@ class TransactionalLoop:
     def _produce(self, out: Output) -> None:
         while True:
             try:
-                self.producer.produce(out.topic, key=out.key, value=out.value)
+                self.producer.produce(out.topic, key=out.key, value=resolved(out.value))
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -270,6 +287,13 @@ class TransactionalLoop:
             self._seen.pop(key, None)
             self._paused.discard(key)
         log.info("revoked %d partitions", len(partitions))
+
+
+def resolved(value: bytes | PendingValue | None) -> bytes | None:
+    """An output value, waiting for it if it is still being computed."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.result()
 
 
 def source_of(message: Message) -> Source:

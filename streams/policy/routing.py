@@ -333,11 +333,12 @@ class PersonalInformationRedactor(Protocol):
 
 def training_candidate(
     request: RequestLog,
-    decision: Decision,
+    consent_version: str,
     redactor: PersonalInformationRedactor,
     config: PolicyConfig,
 ) -> dict:
-    """R9 + R11: a prompt/generation pair with personal information stripped first."""
+    """R9 + R11: a prompt/generation pair with personal information stripped first,
+    stamped with the consent version of the decision that made it a candidate."""
     counts: dict[str, int] = {}
     prompt = _redacted(request.prompt, redactor, counts)
     generation = _redacted(request.generation, redactor, counts)
@@ -354,7 +355,7 @@ def training_candidate(
         "documents": documents,
         "generation": generation,
         "metadata": metadata,
-        "consent_version": decision.consent_version,
+        "consent_version": consent_version,
         "policy_version": config.policy_version,
         "redaction_counts": counts,
     }
@@ -362,7 +363,7 @@ def training_candidate(
 
 def finetune_candidate(
     row: FineTuneRow,
-    decision: Decision,
+    consent_version: str,
     redactor: PersonalInformationRedactor,
     config: PolicyConfig,
 ) -> dict:
@@ -379,7 +380,7 @@ def finetune_candidate(
         "documents": [],
         "generation": None,
         "metadata": {},
-        "consent_version": decision.consent_version,
+        "consent_version": consent_version,
         "policy_version": config.policy_version,
         "redaction_counts": counts,
     }

@@ -569,7 +569,7 @@ def test_r11_training_candidate_redacts_every_text_field_and_sums_counts() -> No
     request = request_log()
     decision = decide_request(request, controls(), facts(), CONFIG)
     redactor = FakeRedactor()
-    candidate = training_candidate(request, decision, redactor, CONFIG)
+    candidate = training_candidate(request, decision.consent_version, redactor, CONFIG)
     mark = FakeRedactor.mark
     assert request.prompt is not None and request.generation is not None
     assert candidate["prompt"] == mark(request.prompt)
@@ -592,7 +592,7 @@ def test_r11_property_no_unredacted_text_reaches_a_training_candidate(request: R
     """R11: for any request, no raw content (nor API key, user or IP) is in the candidate."""
     decision = decide_request(request, controls(), facts(), CONFIG)
     redactor = FakeRedactor()
-    candidate = training_candidate(request, decision, redactor, CONFIG)
+    candidate = training_candidate(request, decision.consent_version, redactor, CONFIG)
     assert not contains_sentinel(candidate)
     assert not {"api_key_id", "client_ip", "user_id", "connectors"} & set(candidate)
     texts = [t for t in (request.prompt, request.generation) if t] + [
@@ -606,9 +606,8 @@ def test_r11_empty_fields_stay_empty_and_are_not_counted() -> None:
     """R11: absent prompt/generation stay absent; nothing is counted for them."""
     request = request_log(prompt=None, generation="", documents=[], metadata={})
     redactor = FakeRedactor()
-    candidate = training_candidate(
-        request, decide_request(request, controls(), facts(), CONFIG), redactor, CONFIG
-    )
+    decision = decide_request(request, controls(), facts(), CONFIG)
+    candidate = training_candidate(request, decision.consent_version, redactor, CONFIG)
     assert candidate["prompt"] is None and candidate["generation"] == ""
     assert candidate["documents"] == [] and candidate["metadata"] == {}
     assert candidate["redaction_counts"] == {}
@@ -621,7 +620,7 @@ def test_r11_r10_finetune_candidate_is_redacted(row: FineTuneRow) -> None:
     """R11 + R10: a fine-tune candidate holds only the redacted row text and its counts."""
     decision = decide_finetune_row(row, controls(), facts(), CONFIG)
     redactor = FakeRedactor()
-    candidate = finetune_candidate(row, decision, redactor, CONFIG)
+    candidate = finetune_candidate(row, decision.consent_version, redactor, CONFIG)
     assert candidate["prompt"] == FakeRedactor.mark(row.text)
     assert candidate["redaction_counts"] == FakeRedactor.counts_for(row.text)
     assert candidate["source_id"] == row.row_id
