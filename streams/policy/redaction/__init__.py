@@ -40,8 +40,10 @@ Placeholders (``[LABEL]``) and what they cover:
 Not redacted (out of R11's list): organisations, places on their own, dates, ages, job
 titles, nationalities, URLs/domains (except credentials in them), MAC addresses.
 
-Fast path: one multi-pattern engine (``_engine``) tells which detectors can match at all;
-text with no trigger and no lexicon name costs one engine scan plus one capitalised-word scan.
+Fast path: one multi-pattern engine (``_engine``) tells which detectors can match at all and
+answers the cheap gates in the same scan (a digit in text without capitals, no capital at
+all): text with no trigger costs that scan plus, when it has a capital letter, one
+capitalised-word scan for the name lexicon.
 Redacting redacted text changes nothing (existing placeholders are left alone).
 """
 
@@ -57,8 +59,8 @@ from typing import Any
 from ._address import DETECTORS as _ADDRESS_DETECTORS
 from ._detectors import DETECTORS
 from ._engine import Engine, build_engine
+from ._names import NO_CAPITALS, find_names, gate
 from ._names import TRIGGERS as _NAME_TRIGGERS
-from ._names import find_names, gate
 from ._types import (
     CREDENTIAL,
     CREDIT_CARD,
@@ -94,6 +96,7 @@ __all__ = [
 ]
 
 _NAMES = -1
+_NO_CAPITALS = -2
 _MAX_PASSES = 8
 _PERSON_IF_CONTACT = PERSON + "?"
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(LABELS) + r")\]")
@@ -130,10 +133,12 @@ class Redactor:
             owners.extend([index] * len(detector.triggers))
         triggers.extend(_NAME_TRIGGERS)
         owners.extend([_NAMES] * len(_NAME_TRIGGERS))
+        triggers.append(NO_CAPITALS)
+        owners.append(_NO_CAPITALS)
         self._owners = tuple(owners)
-        self._gated = tuple(
-            (i, d.gate) for i, d in enumerate(self._detectors) if d.gate is not None
-        )
+        self._gates = tuple((i, d.gate) for i, d in enumerate(self._detectors) if d.gate)
+        self._everything = frozenset(range(len(self._detectors)))
+        self._quiet = frozenset({owners.index(_NO_CAPITALS)})  # subsets: no detector fired
         self._engine: Engine = build_engine(engine, triggers)
         self.engine = self._engine.name
 
@@ -144,17 +149,26 @@ class Redactor:
             return []
         fired = self._engine.fired(text)
         if fired is None:  # the engine could not scan this text: run everything (fail closed)
-            owners = set(range(len(self._detectors))) | {_NAMES}
+            owners = set(self._everything)
+            cue = True
+            lexicon = gate(text)
+        elif fired <= self._quiet:  # the common case: only the name lexicon can find something
+            if (fired and _without_capitals(text)) or not gate(text):
+                return []
+            owners = set()
+            cue = False
+            lexicon = True
         else:
-            owners = {self._owners[i] for i in fired}
-        for index, gate_fn in self._gated:
-            if gate_fn(text):
-                owners.add(index)
-        cue = _NAMES in owners
-        owners.discard(_NAMES)
-        lexicon = gate(text)
-        if not owners and not cue and not lexicon:
-            return []
+            owners = set(map(self._owners.__getitem__, fired))
+            cue = _NAMES in owners
+            lexicon = not (_NO_CAPITALS in owners and _without_capitals(text)) and gate(text)
+            for index, passes in self._gates:
+                if index in owners and not passes(text):
+                    owners.discard(index)
+            owners.discard(_NAMES)
+            owners.discard(_NO_CAPITALS)
+            if not owners and not cue and not lexicon:
+                return []
         low: str | None = text.lower()
         if len(low) != len(text):  # type: ignore[arg-type]
             low = None
@@ -163,8 +177,8 @@ class Redactor:
             spans.extend(self._detectors[index].find(text, low))
         # Names are cut at the other spans, as a second pass would see them (placeholders).
         blocked = [(s, e) for s, e, _ in spans]
-        if cue or lexicon or fired is None:
-            spans.extend(find_names(text, low, cue or fired is None, blocked, lexicon))
+        if cue or lexicon:
+            spans.extend(find_names(text, low, cue, blocked, lexicon))
         if not spans:
             return []
         if any(label == _PERSON_IF_CONTACT for _, _, label in spans):
@@ -179,11 +193,15 @@ class Redactor:
         a candidate rejected because it was glued to another one ("42 Elm Street494-33-0748")
         is found once its neighbour is a placeholder, so redacting the output again changes
         nothing. Text without personal information is scanned once."""
+        spans = self.detect(text)
+        if not spans:  # the common case: no counts to build
+            return Redaction(text, _EMPTY)
         counts: dict[str, int] = {}
-        for _ in range(_MAX_PASSES):
-            spans = self.detect(text)
-            if not spans:
-                break
+        for n in range(_MAX_PASSES):
+            if n:
+                spans = self.detect(text)
+                if not spans:
+                    break
             pieces: list[str] = []
             last = 0
             for s, e, label in spans:
@@ -193,8 +211,6 @@ class Redactor:
                 last = e
             pieces.append(text[last:])
             text = "".join(pieces)
-        if not counts:
-            return Redaction(text, _EMPTY)
         return Redaction(text, types.MappingProxyType(counts))
 
     def redact_mapping(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
@@ -228,6 +244,14 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self._redact_value(v, counts) for v in value]
         return value
+
+
+def _without_capitals(text: str) -> bool:
+    """ASCII text without a capital letter: no capitalised word, so the lexicon gate is False.
+    Checked, not taken from the NO_CAPITALS trigger alone: an engine may report more triggers
+    than matched (re2-alt reports all), which is safe for every other trigger but would skip
+    the gate here. The trigger only spares prose (which has capitals) this check."""
+    return text.isascii() and text.lower() == text
 
 
 def _confirm_name_lines(spans: list[Span]) -> list[Span]:

@@ -91,6 +91,13 @@ TRIGGERS: tuple[Trigger, ...] = (
     Trigger(_WORD_START + r"(?i:" + "|".join(sorted(HONORIFICS)) + r")\.?[ \t]+" + _UPPER_ISH),
 )
 
+# Fires on text without an ASCII capital letter: all-lower-case ASCII text then skips the
+# lexicon gate (which needs a capitalised word) after a cheap check (``Redactor.detect``).
+# Inverted on purpose: "[A-Z][a-z]" would fire on nearly all prose, and every fired trigger
+# costs in the engine and in ``detect``, while this one dies at the first capital. (``$`` may
+# match before a final newline in some engines: a newline is no capital either.)
+NO_CAPITALS = Trigger(r"^[^A-Z]+$")
+
 _NAMES = FIRST_NAMES | SURNAMES
 _TITLE_KEYS: frozenset[str] = frozenset(
     n[:1].upper() + n[1:]

@@ -55,7 +55,8 @@ class Detector:
     name: str
     triggers: tuple[Trigger, ...]
     find: Callable[[str, str | None], list[Span]]
-    # A cheap Python test used instead of engine triggers (e.g. "the text is all lower case").
+    # A Python test that must also pass once a trigger fired, for what a trigger cannot say
+    # ("the text is all lower case"); triggers first, so it only costs on texts that fire.
     gate: Callable[[str], bool] | None = None
 
 
