@@ -181,8 +181,12 @@ class Offload(Generic[Item]):
 
 
 def _name(function: Callable[..., Any]) -> str:
-    name = f"{function.__module__}:{function.__qualname__}"
-    if function.__module__ == "__main__" or "<" in function.__qualname__:
+    module = function.__module__
+    if module == "__main__":  # a job run as ``python -m streams.jobs.<job>``
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    name = f"{module}:{function.__qualname__}"
+    if module == "__main__" or "<" in function.__qualname__:
         raise ValueError(f"{name} cannot be imported by a worker process")
     return name
 
