@@ -25,7 +25,14 @@ from confluent_kafka import Message
 from streams.kafka.compacted import CompactedReader
 from streams.kafka.metrics import JobMetrics, port_from_env
 from streams.kafka.offload import Offload
-from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
+from streams.kafka.serde import (
+    Codec,
+    Contracts,
+    DecodeError,
+    ExtendingCodec,
+    registry_client,
+    schema_id_of,
+)
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
 from streams.policy.audit import Source, audit_record, dead_letter_record
 from streams.policy.config import PolicyConfig, load_config
@@ -76,28 +83,50 @@ def default_redaction_processes() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-# (input field, decoded record, consent version of the decision that made it a candidate)
-CandidateItem = tuple[str, Mapping[str, Any], str]
+# An output to encode: (output field, payload). The payload is the record for most
+# fields; (request bytes, stamp) for "log_store_stamped"; (input field, decoded record,
+# consent version of the decision) for "training_candidates".
+OutputItem = tuple[str, Any]
+_ENCODED = (
+    "request_logs",
+    "log_store",
+    "training_candidates",
+    "usage_events",
+    "audit",
+    "dead_letters",
+)
 
 
-class CandidateEncoder:
-    """R9-R11: a training candidate redacted and encoded from its decoded input record.
+class OutputEncoder:
+    """The router's outputs as bytes; a training candidate is redacted first (R9-R11).
 
-    Redaction is most of the router's CPU, so by default this runs in worker processes
-    (``Offload``); the record it gets was already validated by the router's decision.
+    Pure, and most of the router's CPU (redaction, Avro encoding): by default it runs in
+    offload worker processes, fed in order and collected before each transaction.
     """
 
     def __init__(
-        self, config: PolicyConfig, codec: Codec, redactor: PersonalInformationRedactor
+        self,
+        config: PolicyConfig,
+        codecs: Mapping[str, Codec],
+        redactor: PersonalInformationRedactor,
     ) -> None:
         self.config = config
-        self.codec = codec
+        self.codecs = codecs
         self.redactor = redactor
+        self.log_store_stamped = ExtendingCodec(codecs["request_logs"], codecs["log_store"])
 
-    def encode(self, items: Sequence[CandidateItem]) -> list[bytes]:
-        encoded = []
-        for field, record, consent_version in items:
-            if field == "request_logs":
+    def encode(self, items: Sequence[OutputItem]) -> list[bytes]:
+        return [self._encode(field, payload) for field, payload in items]
+
+    def _encode(self, field: str, payload: Any) -> bytes:
+        if field == "log_store_stamped":
+            stamped = self.log_store_stamped.encode(*payload)
+            if stamped is None:
+                raise ValueError("request bytes not in the base contract")  # router checks
+            return stamped
+        if field == "training_candidates":
+            source_field, record, consent_version = payload
+            if source_field == "request_logs":
                 candidate = training_candidate(
                     validate_request(record), consent_version, self.redactor, self.config
                 )
@@ -105,25 +134,25 @@ class CandidateEncoder:
                 candidate = finetune_candidate(
                     validate_finetune_row(record), consent_version, self.redactor, self.config
                 )
-            encoded.append(self.codec.encode(candidate))
-        return encoded
+            return self.codecs[field].encode(candidate)
+        return self.codecs[field].encode(payload)
 
 
-_worker_encoder: CandidateEncoder | None = None
+_worker_encoder: OutputEncoder | None = None
 
 
-def start_candidate_worker(
-    config: PolicyConfig, subject: str, schema_text: str, schema_id: int
+def start_output_worker(
+    config: PolicyConfig, contracts: Mapping[str, tuple[str, str, int]]
 ) -> None:
-    """Run in each offload worker process (``streams.kafka.offload``) at its start."""
+    """Run in each offload worker process (``streams.kafka.offload``) at its start;
+    ``contracts``: field -> (subject, schema text, registered schema id)."""
     global _worker_encoder
-    _worker_encoder = CandidateEncoder(
-        config, Codec(None, subject, schema_text, schema_id), Redactor()
-    )
+    codecs = {field: Codec(None, *contract) for field, contract in contracts.items()}
+    _worker_encoder = OutputEncoder(config, codecs, Redactor())
 
 
-def encode_candidates(items: Sequence[CandidateItem]) -> list[bytes]:
-    assert _worker_encoder is not None, "initializer did not run"
+def encode_outputs(items: Sequence[OutputItem]) -> list[bytes]:
+    assert _worker_encoder is not None, "start_output_worker did not run"
     return _worker_encoder.encode(items)
 
 
@@ -158,28 +187,25 @@ class Router:
         self._codecs: dict[str, Codec] = {
             getattr(self.topics, field): codec(field) for field in _INPUTS + _STATE
         }
-        self._out = {
-            field: (getattr(self.topics, field), codec(field))
-            for field in (
-                "log_store",
-                "usage_events",
-                "audit",
-                "dead_letters",
-            )
-        }
-        self._log_store_fast = contracts.extending("request_logs", "log_store")
-        candidates = contracts.codec("training_candidates")
-        self._candidates: CandidateEncoder | None = None
-        self._offload: Offload[CandidateItem] | None = None
+        self._topic = {field: getattr(self.topics, field) for field in _ENCODED}
+        self._topic["log_store_stamped"] = self.topics.log_store
+        self._request_schema_id = codec("request_logs").schema_id
+        self._encoder: OutputEncoder | None = None
+        self._offload: Offload[OutputItem] | None = None
         if redaction_processes <= 0:
-            self._candidates = CandidateEncoder(config, candidates, redactor or Redactor())
+            codecs = {field: codec(field) for field in _ENCODED}
+            self._encoder = OutputEncoder(config, codecs, redactor or Redactor())
         elif redactor is not None:
             raise ValueError("worker processes use the default redactor")
         else:
+            contracts_spec = {
+                field: (codec(field).subject, codec(field).schema_text, codec(field).schema_id)
+                for field in _ENCODED
+            }
             self._offload = Offload(
-                start_candidate_worker,
-                encode_candidates,
-                (config, candidates.subject, candidates.schema_text, candidates.schema_id),
+                start_output_worker,
+                encode_outputs,
+                (config, contracts_spec),
                 processes=redaction_processes,
             )
         self._state_outputs: list[Output] = []
@@ -297,16 +323,16 @@ class Router:
         decision = decide_request(request, controls, facts, self.config)
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
         if decision.has(Route.LOG_STORE):
-            stamped = raw and self._log_store_fast.encode(
-                raw, log_store_stamp(decision, self.config)
-            )
-            if stamped:
-                outputs.append(Output(self.topics.log_store, request.request_id, stamped))
+            if raw is not None and schema_id_of(raw) == self._request_schema_id:
+                # R4: the request's own bytes plus the stamp; no re-encoding of the content
+                stamp = log_store_stamp(decision, self.config)
+                outputs.append(self._emit("log_store_stamped", request.request_id, (raw, stamp)))
             else:
-                record = log_store_record(request, decision, self.config)
-                outputs.append(self._emit("log_store", request.request_id, record))
+                stored = log_store_record(request, decision, self.config)
+                outputs.append(self._emit("log_store", request.request_id, stored))
         if decision.has(Route.TRAINING_CANDIDATE):
-            outputs.append(self._candidate("request_logs", request.request_id, record, decision))
+            candidate = ("request_logs", record, decision.consent_version)
+            outputs.append(self._emit("training_candidates", request.request_id, candidate))
         outputs.append(
             self._audit(source, request.request_id, "request", request.org_id, decision, now)
         )
@@ -331,30 +357,23 @@ class Router:
         decision = decide_finetune_row(row, controls, facts, self.config)
         outputs = []
         if decision.has(Route.TRAINING_CANDIDATE):
-            outputs.append(self._candidate("finetune_rows", row.row_id, record, decision))
+            candidate = ("finetune_rows", record, decision.consent_version)
+            outputs.append(self._emit("training_candidates", row.row_id, candidate))
         outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, decision, now))
         self._count(decision)
         return outputs
 
     # --- outputs ------------------------------------------------------------------
-    def _candidate(
-        self, field: str, key: str, record: Mapping[str, Any], decision: Decision
-    ) -> Output:
-        item = (field, record, decision.consent_version)
-        topic = self.topics.training_candidates
-        if self._candidates is not None:
-            return Output(topic, key, self._candidates.encode([item])[0])
-        assert self._offload is not None
-        return Output(topic, key, self._offload.submit(item))
-
     def close(self) -> None:
-        """Stops the candidate worker processes, if any."""
+        """Stops the offload worker processes, if any."""
         if self._offload is not None:
             self._offload.close()
 
-    def _emit(self, field: str, key: str, record: dict[str, Any]) -> Output:
-        topic, codec = self._out[field]
-        return Output(topic, key, codec.encode(record))
+    def _emit(self, field: str, key: str, payload: Any) -> Output:
+        if self._encoder is not None:
+            return Output(self._topic[field], key, self._encoder.encode([(field, payload)])[0])
+        assert self._offload is not None
+        return Output(self._topic[field], key, self._offload.submit((field, payload)))
 
     def _audit(
         self,

@@ -44,6 +44,13 @@ def load_schema_text(file_name: str) -> str:
     return Path(SCHEMAS_DIR, file_name).read_text()
 
 
+def schema_id_of(data: bytes) -> int | None:
+    """The schema id in a framed record's header (None if it is not framed)."""
+    if len(data) <= _HEADER.size or data[0] != MAGIC_BYTE:
+        return None
+    return int(_HEADER.unpack_from(data)[1])
+
+
 class Codec:
     """Encoder/decoder for one subject, with schema evolution on read."""
 
@@ -102,12 +109,6 @@ class Codec:
             raise DecodeError("not a record")
         return record
 
-    def schema_id_of(self, data: bytes) -> int | None:
-        """The schema id in a framed record's header (None if it is not framed)."""
-        if len(data) <= _HEADER.size or data[0] != MAGIC_BYTE:
-            return None
-        return int(_HEADER.unpack_from(data)[1])
-
     def _writer_schema(self, schema_id: int) -> Any:
         try:
             return self._writers[schema_id]
@@ -135,9 +136,9 @@ class ExtendingCodec:
     Used only when the request was written with exactly the base contract.
     """
 
-    def __init__(self, base: Codec, extended: Codec, extended_text: str, base_text: str) -> None:
-        base_fields = json.loads(base_text)["fields"]
-        schema = json.loads(extended_text)
+    def __init__(self, base: Codec, extended: Codec) -> None:
+        base_fields = json.loads(base.schema_text)["fields"]
+        schema = json.loads(extended.schema_text)
         fields = schema["fields"]
         head = [(f["name"], json.dumps(f["type"])) for f in fields[: len(base_fields)]]
         if head != [(f["name"], json.dumps(f["type"])) for f in base_fields]:
@@ -150,7 +151,7 @@ class ExtendingCodec:
 
     def encode(self, base_bytes: bytes, stamped: Mapping[str, Any]) -> bytes | None:
         """The extended record, or None when ``base_bytes`` used another writer schema."""
-        if self.base.schema_id_of(base_bytes) != self.base.schema_id:
+        if schema_id_of(base_bytes) != self.base.schema_id:
             return None
         out = io.BytesIO()
         out.write(self._header)
@@ -179,12 +180,7 @@ class Contracts:
             return codec
 
     def extending(self, base_field: str, extended_field: str) -> ExtendingCodec:
-        return ExtendingCodec(
-            self.codec(base_field),
-            self.codec(extended_field),
-            load_schema_text(spec_for(extended_field).schema),
-            load_schema_text(spec_for(base_field).schema),
-        )
+        return ExtendingCodec(self.codec(base_field), self.codec(extended_field))
 
     def register_all(self) -> dict[str, int]:
         return {spec.field: self.codec(spec.field).schema_id for spec in CATALOGUE}

@@ -398,9 +398,12 @@ def test_r11_hostile_long_inputs_stay_linear(unit: str) -> None:
 
     def cost(n: int) -> float:
         text = unit * (n // len(unit))
-        t0 = time.process_time()
-        R.redact(text)
-        return time.process_time() - t0
+        runs = []
+        for _ in range(3):  # the least of three: other processes share the cores
+            t0 = time.process_time()
+            R.redact(text)
+            runs.append(time.process_time() - t0)
+        return min(runs)
 
     small, large = cost(10_000), cost(40_000)
     assert large < 2.0, f"{large:.2f} s for 40 KB"
