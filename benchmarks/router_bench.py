@@ -4,7 +4,11 @@ Generated traffic (prompts ~500 chars, generations ~800, 10% ZDR orgs, 20%
 opted out, 5% Drive connector) is written once; then, alternately, a plain
 consume -> decode -> encode -> produce passthrough (same client, same
 transactional loop, same Avro codec) and one router worker read all of it.
-Prints records/second per run, medians, and router/passthrough ratio.
+The router worker is one consumer-group member; its training candidates are
+redacted and encoded in its offload processes (STREAMS_REDACTION_PROCESSES,
+default one per core but one). Prints records/second per run, medians, the
+router/passthrough ratio, and CPU per record of the worker process, its offload
+processes and the broker (on a 2-core machine they all share the same cores).
 
     .venv/bin/python benchmarks/router_bench.py [--records 200000] [--rounds 3]
 
@@ -14,6 +18,8 @@ Not a test: the machine is noisy, so read the medians and the ratio.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import time
@@ -28,7 +34,7 @@ from confluent_kafka import Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from streams.infra.stack import broker_and_registry  # noqa: E402
-from streams.jobs.router import build_router_loop  # noqa: E402
+from streams.jobs.router import build_router_loop, default_redaction_processes  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
 from streams.kafka.topics import ensure_topics, key_for  # noqa: E402
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop  # noqa: E402
@@ -74,12 +80,48 @@ class Passthrough:
         return [Output(self.out_topic, message.key(), self.codec.encode(record))]
 
 
-def run(loop: TransactionalLoop, timed: Timed, records: int, timeout_s: float) -> float:
+def broker_cpu_s() -> float:
+    """CPU seconds used so far by a local Kafka broker process, 0 if none is visible."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"kafka.Kafka" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run(
+    loop: TransactionalLoop, timed: Timed, records: int, timeout_s: float
+) -> tuple[float, dict[str, float]]:
+    """Records/second, and CPU µs per record of this process (the worker, with its client
+    threads), of its offload processes and of the broker, over the whole run."""
     deadline = time.monotonic() + timeout_s
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    broker = broker_cpu_s()
     loop.run(until=lambda: timed.count >= records or time.monotonic() > deadline)
     if timed.count < records:
         print(f"  warning: only {timed.count}/{records} records in {timeout_s}s")
-    return timed.rate()
+    own_after = resource.getrusage(resource.RUSAGE_SELF)
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # offload workers, closed
+    per_record = 1e6 / max(timed.count, 1)
+    cpu = {
+        "worker": (own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime),
+        "offload": (
+            children_after.ru_utime
+            + children_after.ru_stime
+            - children.ru_utime
+            - children.ru_stime
+        ),
+        "broker": broker_cpu_s() - broker,
+    }
+    return timed.rate(), {k: v * per_record for k, v in cpu.items()}
 
 
 def main() -> None:
@@ -140,6 +182,7 @@ def main() -> None:
 
         base_rates: list[float] = []
         router_rates: list[float] = []
+        cpu_rows: list[str] = []
         timeout = max(120.0, args.records / 2000)
         for round_ in range(args.rounds):
             group = f"{config.topics.request_logs}.pass{round_}"
@@ -147,7 +190,9 @@ def main() -> None:
             loop = TransactionalLoop(
                 LoopConfig(bootstrap, group, f"{group}-0", [config.topics.request_logs]), timed
             )
-            base_rates.append(run(loop, timed, args.records, timeout))
+            rate, cpu = run(loop, timed, args.records, timeout)
+            base_rates.append(rate)
+            cpu_rows.append(_cpu_row("passthrough", cpu))
 
             loop, router = build_router_loop(
                 bootstrap,
@@ -157,7 +202,9 @@ def main() -> None:
             )
             timed = Timed(router)
             loop.processor = timed
-            router_rates.append(run(loop, timed, args.records, timeout))
+            rate, cpu = run(loop, timed, args.records, timeout)
+            router_rates.append(rate)
+            cpu_rows.append(_cpu_row("router", cpu))
             print(
                 f"round {round_ + 1}: passthrough {base_rates[-1]:,.0f} rec/s, "
                 f"router {router_rates[-1]:,.0f} rec/s, "
@@ -173,6 +220,18 @@ def main() -> None:
         print(f"passthrough median         {base:,.0f} records/s (one worker)")
         print(f"router median              {routed:,.0f} records/s (one worker)")
         print(f"ratio router/passthrough   {routed / base:.2f}")
+        print(
+            f"batch {LoopConfig('', '', '', []).batch_size} records per transaction; "
+            f"router offload processes {default_redaction_processes()}"
+        )
+        print("CPU µs per record over each run (whole run, incl. start-up and group join):")
+        for row in cpu_rows:
+            print("  " + row)
+
+
+def _cpu_row(name: str, cpu: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    return f"{name:12} {parts}, total {sum(cpu.values()):.0f}"
 
 
 if __name__ == "__main__":

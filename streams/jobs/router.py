@@ -87,6 +87,11 @@ def default_redaction_processes() -> int:
 # fields; (request bytes, stamp) for "log_store_stamped"; (input field, decoded record,
 # consent version of the decision) for "training_candidates".
 OutputItem = tuple[str, Any]
+# Encoded in the offload workers when there are any. Only candidates: their redaction is
+# the costly part, while handing a small record over costs about what encoding it here
+# does (benchmarks/router_bench.py measured all outputs offloaded 10.8k rec/s, candidates
+# only 13.0k).
+_OFFLOADED = frozenset({"training_candidates"})
 _ENCODED = (
     "request_logs",
     "log_store",
@@ -108,31 +113,35 @@ class OutputEncoder:
         self,
         config: PolicyConfig,
         codecs: Mapping[str, Codec],
-        redactor: PersonalInformationRedactor,
+        redactor: PersonalInformationRedactor | None = None,
     ) -> None:
+        """``redactor``: the default ``Redactor`` (compiled on the first candidate) if None."""
         self.config = config
         self.codecs = codecs
-        self.redactor = redactor
+        self._redactor = redactor
         self.log_store_stamped = ExtendingCodec(codecs["request_logs"], codecs["log_store"])
 
     def encode(self, items: Sequence[OutputItem]) -> list[bytes]:
-        return [self._encode(field, payload) for field, payload in items]
+        return [self.encode_one(field, payload) for field, payload in items]
 
-    def _encode(self, field: str, payload: Any) -> bytes:
+    def encode_one(self, field: str, payload: Any) -> bytes:
         if field == "log_store_stamped":
             stamped = self.log_store_stamped.encode(*payload)
             if stamped is None:
                 raise ValueError("request bytes not in the base contract")  # router checks
             return stamped
         if field == "training_candidates":
+            if self._redactor is None:
+                self._redactor = Redactor()
+            redactor = self._redactor
             source_field, record, consent_version = payload
             if source_field == "request_logs":
                 candidate = training_candidate(
-                    validate_request(record), consent_version, self.redactor, self.config
+                    validate_request(record), consent_version, redactor, self.config
                 )
             else:
                 candidate = finetune_candidate(
-                    validate_finetune_row(record), consent_version, self.redactor, self.config
+                    validate_finetune_row(record), consent_version, redactor, self.config
                 )
             return self.codecs[field].encode(candidate)
         return self.codecs[field].encode(payload)
@@ -175,8 +184,9 @@ class Router:
         self.clock = clock
         self.ledger = DataControlsLedger(config.defaults)
         self.holds = HoldIndex()
-        self.stats: Counter[str] = Counter()
-        self.rules: Counter[str] = Counter()
+        # Per decision shape (routes, rule ids): one cheap count per record on the hot path,
+        # expanded into per-route and per-rule counts only when asked (stats, rules).
+        self._shapes: Counter[tuple[frozenset[str], tuple[str, ...]]] = Counter()
         self.inputs: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.metrics = metrics
@@ -190,14 +200,12 @@ class Router:
         self._topic = {field: getattr(self.topics, field) for field in _ENCODED}
         self._topic["log_store_stamped"] = self.topics.log_store
         self._request_schema_id = codec("request_logs").schema_id
-        self._encoder: OutputEncoder | None = None
+        codecs = {field: codec(field) for field in _ENCODED}
+        self._encoder = OutputEncoder(config, codecs, redactor)
         self._offload: Offload[OutputItem] | None = None
-        if redaction_processes <= 0:
-            codecs = {field: codec(field) for field in _ENCODED}
-            self._encoder = OutputEncoder(config, codecs, redactor or Redactor())
-        elif redactor is not None:
-            raise ValueError("worker processes use the default redactor")
-        else:
+        if redaction_processes > 0:
+            if redactor is not None:
+                raise ValueError("worker processes use the default redactor")
             contracts_spec = {
                 field: (codec(field).subject, codec(field).schema_text, codec(field).schema_id)
                 for field in _ENCODED
@@ -370,10 +378,9 @@ class Router:
             self._offload.close()
 
     def _emit(self, field: str, key: str, payload: Any) -> Output:
-        if self._encoder is not None:
-            return Output(self._topic[field], key, self._encoder.encode([(field, payload)])[0])
-        assert self._offload is not None
-        return Output(self._topic[field], key, self._offload.submit((field, payload)))
+        if self._offload is not None and field in _OFFLOADED:
+            return Output(self._topic[field], key, self._offload.submit((field, payload)))
+        return Output(self._topic[field], key, self._encoder.encode_one(field, payload))
 
     def _audit(
         self,
@@ -431,27 +438,42 @@ class Router:
             received_at_ms=now,
             policy_version=self.config.policy_version,
         )
-        self.stats["dead_letter"] += 1
-        self.stats["decisions"] += 1
         self.dead_letters[error_class] += 1
-        self.rules.update(decision_rules := ("R17",) if keep else ("R17", "R2"))
         log.warning(
             "dead letter %s/%d/%d: %s", source.topic, source.partition, source.offset, reason
         )
         decision = Decision(
             routes=frozenset({Route.DEAD_LETTER.value}),
-            rule_ids=decision_rules,
+            rule_ids=("R17",) if keep else ("R17", "R2"),
             reasons=(f"R17: {reason}",),
         )
+        self._count(decision)
         return [
             self._emit("dead_letters", source.id, letter),
             self._audit(source, source.id, "undecodable", org_id, decision, now),
         ]
 
     def _count(self, decision: Decision) -> None:
-        self.stats["decisions"] += 1
-        self.stats.update(decision.routes)
-        self.rules.update(decision.rule_ids)
+        self._shapes[decision.routes, decision.rule_ids] += 1
+
+    @property
+    def stats(self) -> Counter[str]:
+        """Decisions, and records per route."""
+        stats: Counter[str] = Counter()
+        for (routes, _), n in self._shapes.items():
+            stats["decisions"] += n
+            for route in routes:
+                stats[route] += n
+        return stats
+
+    @property
+    def rules(self) -> Counter[str]:
+        """Decisions per rule id."""
+        rules: Counter[str] = Counter()
+        for (_, rule_ids), n in self._shapes.items():
+            for rule in rule_ids:
+                rules[rule] += n
+        return rules
 
 
 def build_router_loop(

@@ -21,6 +21,8 @@ items and returns one ``bytes`` per item, in order.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import os
 import pickle
@@ -33,6 +35,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
+
+_PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process
 
 
 class OffloadError(RuntimeError):
@@ -74,10 +78,24 @@ class _Chunk:
         return self.values
 
 
+def _pipe() -> tuple[int, int, int]:
+    """A pipe (read end, write end) and the bytes it buffers: enlarged where the OS allows,
+    so the worker can run a few chunks ahead of the job without anyone blocking."""
+    read, write = os.pipe()
+    # Not Linux, or above the system's limit: the default buffer stays.
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    try:
+        capacity = int(fcntl.fcntl(write, fcntl.F_GETPIPE_SZ))
+    except (AttributeError, OSError):
+        capacity = 4096  # POSIX's guaranteed minimum
+    return read, write, capacity
+
+
 class _Worker:
     def __init__(self, setup: str, work: str, setup_args: tuple[Any, ...]) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
+        to_child_r, to_child_w, self.capacity = _pipe()
+        from_child_r, from_child_w, _ = _pipe()
         self.process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w),
@@ -87,26 +105,31 @@ class _Worker:
         os.close(from_child_w)
         self.send = Connection(to_child_w, readable=False)
         self.receive = Connection(from_child_r, writable=False)
-        self.in_flight: deque[_Chunk] = deque()
+        self.in_flight: deque[tuple[_Chunk, int]] = deque()
+        self.in_flight_bytes = 0
         self.send.send_bytes(pickle.dumps((setup, work, setup_args), pickle.HIGHEST_PROTOCOL))
         self._expect()  # set-up done (or its error)
 
     def submit(self, chunk: _Chunk) -> None:
-        # One chunk in flight per worker: the job never writes while the worker may be
-        # blocked writing a result, so a full pipe can stall one side but never both.
-        while self.in_flight:
+        data = pickle.dumps(chunk.items, pickle.HIGHEST_PROTOCOL)
+        # Never more unanswered input than the pipe holds: then the job's write cannot
+        # block, so the job and a worker blocked on writing its results cannot deadlock.
+        # (A chunk larger than the pipe goes alone; the worker owes nothing and reads it.)
+        while self.in_flight and self.in_flight_bytes + len(data) + 8 > self.capacity // 2:
             self.receive_one()
         chunk.worker = self
         try:
-            self.send.send_bytes(pickle.dumps(chunk.items, pickle.HIGHEST_PROTOCOL))
+            self.send.send_bytes(data)
         except OSError:
             chunk.error = OffloadError(f"offload worker exited ({self.process.poll()})")
             raise chunk.error from None
-        self.in_flight.append(chunk)
+        self.in_flight.append((chunk, len(data) + 8))
+        self.in_flight_bytes += len(data) + 8
         chunk.items = []
 
     def receive_one(self) -> None:
-        chunk = self.in_flight.popleft()
+        chunk, size = self.in_flight.popleft()
+        self.in_flight_bytes -= size
         try:
             chunk.values = self._expect()
         except OffloadError as exc:

@@ -60,7 +60,9 @@ class LoopConfig:
     group_id: str
     transactional_id: str
     input_topics: Sequence[str]
-    batch_size: int = 1000
+    # Records per transaction: each commit waits for every output to be acknowledged, so
+    # fewer, larger transactions (router benchmark: 1,000 -> 5,000 gave +20 % rec/s).
+    batch_size: int = 5000
     poll_timeout_s: float = 0.05
     transaction_timeout_ms: int = 15_000
     max_pending: int = 20_000  # deferred records per partition before it is paused
