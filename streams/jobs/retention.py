@@ -67,7 +67,7 @@ from streams.kafka.faust_app import (
 )
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.kafka.topics import RETENTION, internal_topic, key_for
-from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.audit import Source, audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.holds import validate_flag, validate_legal_hold
 from streams.policy.models import DAY_MS, AccountDeletionRequest, InvalidRecord
@@ -838,7 +838,7 @@ class RetentionJob:
     ) -> list[_Out]:
         """R17: coordinates and reason only; the retention job never copies content (R2/R4:
         a log-store copy in the dead letters would outlive the record's deletion)."""
-        letter = dead_letter_record(
+        letter, audit = dead_letter_decision(
             job=JOB,
             source=source,
             reason=reason,
@@ -847,21 +847,8 @@ class RetentionJob:
             original_key=key,
             original_value=None,
             keep_content=False,
-            received_at_ms=now,
-            policy_version=self.config.policy_version,
-        )
-        audit = audit_record(
-            job=JOB,
-            source=source,
-            subject_id=source.id,
-            subject_kind="undecodable",
-            org_id=org_id,
-            routes=("dead_letter",),
-            rule_ids=("R17",),
-            reasons=(f"R17: {reason}",),
-            consent_version="",
-            policy_version=self.config.policy_version,
             decided_at_ms=now,
+            policy_version=self.config.policy_version,
         )
         self.stats["dead_letter"] += 1
         log.warning("dead letter %s: %s", source.id, reason)

@@ -34,7 +34,7 @@ from streams.kafka.serde import (
     schema_id_of,
 )
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
-from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.audit import Source, audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.data_controls import DataControlsLedger
 from streams.policy.holds import HoldIndex, validate_flag
@@ -425,8 +425,8 @@ class Router:
             and not self.ledger.ever_zero_data_retention(org_id)
             and self.ledger.deletion_requested_at(org_id) is None
         )
-        now = self.clock()
-        letter = dead_letter_record(
+        rule_ids = ("R17",) if keep else ("R17", "R2")
+        letter, audit = dead_letter_decision(
             job=JOB,
             source=source,
             reason=reason,
@@ -435,22 +435,16 @@ class Router:
             original_key=key,
             original_value=value,
             keep_content=keep,
-            received_at_ms=now,
+            decided_at_ms=self.clock(),
             policy_version=self.config.policy_version,
+            rule_ids=rule_ids,
         )
         self.dead_letters[error_class] += 1
-        log.warning(
-            "dead letter %s/%d/%d: %s", source.topic, source.partition, source.offset, reason
-        )
-        decision = Decision(
-            routes=frozenset({Route.DEAD_LETTER.value}),
-            rule_ids=("R17",) if keep else ("R17", "R2"),
-            reasons=(f"R17: {reason}",),
-        )
-        self._count(decision)
+        self._shapes[frozenset({Route.DEAD_LETTER.value}), rule_ids] += 1
+        log.warning("dead letter %s: %s", source.id, reason)
         return [
             self._emit("dead_letters", source.id, letter),
-            self._audit(source, source.id, "undecodable", org_id, decision, now),
+            self._emit("audit", source.id, audit),
         ]
 
     def _count(self, decision: Decision) -> None:

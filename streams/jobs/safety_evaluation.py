@@ -53,7 +53,7 @@ from streams.kafka.stateful import (
 )
 from streams.kafka.topics import SAFETY_EVALUATION, internal_topic
 from streams.kafka.transactional import LoopConfig, Output, source_of
-from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.audit import Source, audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.models import DAY_MS, InvalidRecord, Route
 from streams.policy.safety_evaluation import (
@@ -256,8 +256,7 @@ class SafetyEvaluator:
         """R17: reason and coordinates only. A safety review carries prompts and generations
         of an identified customer: its bytes are never copied (R2/R8); the record stays
         findable at its coordinates in safety-review for that topic's 30 days."""
-        now = self.clock()
-        letter = dead_letter_record(
+        letter, audit = dead_letter_decision(
             job=JOB,
             source=source,
             reason=reason,
@@ -266,26 +265,16 @@ class SafetyEvaluator:
             original_key=key,
             original_value=None,
             keep_content=False,
-            received_at_ms=now,
+            decided_at_ms=self.clock(),
             policy_version=self.config.policy_version,
+            rule_ids=("R17", "R8"),
+            subject_id=subject_id,
+            subject_kind="safety_review",
         )
         self.stats["dead_letter"] += 1
         self.metrics.dead_letter(error_class)
         self.metrics.decision("R17")
         log.warning("dead letter %s: %s", source.id, reason)
-        audit = audit_record(
-            job=JOB,
-            source=source,
-            subject_id=subject_id or source.id,
-            subject_kind="safety_review" if subject_id else "undecodable",
-            org_id=org_id,
-            routes=[Route.DEAD_LETTER],
-            rule_ids=["R17", "R8"],
-            reasons=[f"R17: {reason}"],
-            consent_version="",
-            policy_version=self.config.policy_version,
-            decided_at_ms=now,
-        )
         return [
             self._emit("dead_letters", source.id, letter),
             self._emit("audit", subject_id or source.id, audit),

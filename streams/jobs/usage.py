@@ -56,7 +56,7 @@ from streams.kafka.stateful import (
 )
 from streams.kafka.topics import USAGE, internal_topic
 from streams.kafka.transactional import LoopConfig, Output, source_of
-from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.audit import Source, audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.models import InvalidRecord, Route
 from streams.policy.usage import (
@@ -238,7 +238,7 @@ class UsageCore:
         usage event of an identified org (a usage event carries no content by contract,
         R3); bytes that did not decode could be anything and are withheld (R2)."""
         keep = org_id is not None and error_class in ("InvalidRecord", "LateEvent")
-        letter = dead_letter_record(
+        letter, audit = dead_letter_decision(
             job=JOB,
             source=source,
             reason=reason,
@@ -247,8 +247,11 @@ class UsageCore:
             original_key=key,
             original_value=value,
             keep_content=keep,
-            received_at_ms=self.clock(),
+            decided_at_ms=self.clock(),
             policy_version=self.config.policy_version,
+            rule_ids=rules,
+            subject_id=subject_id,
+            subject_kind="usage_event",
         )
         self.stats["dead_letter"] += 1
         self.metrics.dead_letter(error_class)
@@ -257,15 +260,7 @@ class UsageCore:
         log.warning("dead letter %s: %s", source.id, reason)
         return [
             self.emit("dead_letters", source.id, letter),
-            self.audit(
-                source,
-                subject_id or source.id,
-                "usage_event" if subject_id else "undecodable",
-                org_id,
-                [Route.DEAD_LETTER],
-                list(rules),
-                [f"R17: {reason}"],
-            ),
+            self.emit("audit", subject_id or source.id, audit),
         ]
 
 

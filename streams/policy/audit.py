@@ -99,3 +99,52 @@ def dead_letter_record(
         "received_at_ms": received_at_ms,
         "policy_version": policy_version,
     }
+
+
+def dead_letter_decision(
+    *,
+    job: str,
+    source: Source,
+    reason: str,
+    error_class: str,
+    org_id: str | None,
+    original_key: bytes | None,
+    original_value: bytes | None,
+    keep_content: bool,
+    decided_at_ms: int,
+    policy_version: str,
+    rule_ids: Iterable[str] = ("R17",),
+    subject_id: str | None = None,
+    subject_kind: str = "undecodable",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """R17 + R16: the dead letter of a bad record and the audit record of setting it aside.
+
+    The audit names the record's subject when it was identified, else its coordinates
+    (``subject_kind`` applies only with a ``subject_id``: without one it is undecodable).
+    """
+    letter = dead_letter_record(
+        job=job,
+        source=source,
+        reason=reason,
+        error_class=error_class,
+        org_id=org_id,
+        original_key=original_key,
+        original_value=original_value,
+        keep_content=keep_content,
+        received_at_ms=decided_at_ms,
+        policy_version=policy_version,
+    )
+    audit = audit_record(
+        job=job,
+        source=source,
+        subject_id=subject_id or source.id,
+        subject_kind=subject_kind if subject_id else "undecodable",
+        org_id=org_id,
+        routes=("dead_letter",),
+        rule_ids=rule_ids,
+        reasons=(f"R17: {reason}",),
+        consent_version="",
+        policy_version=policy_version,
+        decided_at_ms=decided_at_ms,
+    )
+    return letter, audit

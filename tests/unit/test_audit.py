@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.policy.audit import Source, audit_record, dead_letter_record
+from streams.policy.audit import Source, audit_record, dead_letter_decision, dead_letter_record
 from streams.policy.config import POLICY_VERSION
 from streams.policy.models import Deployment, RequestLog, Route
 from streams.policy.routing import decide_finetune_row, decide_request
@@ -291,3 +291,43 @@ def test_r17_property_content_withheld_flag_matches_bytes(
     assert record["content_withheld"] is (not keep)
     assert record["original_value"] == (value if keep else None)
     assert record["original_key"] == (key if keep else None)
+
+
+def test_r17_r16_dead_letter_decision_pairs_the_letter_with_its_audit() -> None:
+    """R17 + R16: every job sets a bad record aside the same way: the dead letter, and an
+    audit record keyed by the subject when known (else the coordinates), no content."""
+    source = Source("t.request-logs", 2, 41)
+    letter, audit = dead_letter_decision(
+        job="router",
+        source=source,
+        reason="unknown deployment",
+        error_class="InvalidRecord",
+        org_id="org-1",
+        original_key=b"k",
+        original_value=SENTINEL.encode(),
+        keep_content=False,
+        decided_at_ms=1_700_000_000_000,
+        policy_version=POLICY_VERSION,
+        rule_ids=("R17", "R2"),
+    )
+    assert letter["original_value"] is None and letter["content_withheld"]
+    assert letter["received_at_ms"] == audit["decided_at_ms"]
+    assert audit["subject_id"] == source.id and audit["subject_kind"] == "undecodable"
+    assert audit["routes"] == ["dead_letter"] and audit["rule_ids"] == ["R2", "R17"]
+    assert audit["reasons"] == ["R17: unknown deployment"]
+    assert not contains_sentinel(letter) and not contains_sentinel(audit)
+    _, named = dead_letter_decision(
+        job="usage",
+        source=source,
+        reason="late",
+        error_class="LateEvent",
+        org_id="org-1",
+        original_key=None,
+        original_value=None,
+        keep_content=True,
+        decided_at_ms=1,
+        policy_version=POLICY_VERSION,
+        subject_id="req-1",
+        subject_kind="usage_event",
+    )
+    assert (named["subject_id"], named["subject_kind"]) == ("req-1", "usage_event")
