@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ensure_topics
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_demo())
     bootstrap, registry = _connection(args)
     if args.command == "topics":
-        created = ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), config.topics)
+        created = ensure_topics(AdminClient(client_config(bootstrap)), config.topics)
         Contracts(registry_client(registry), config.topics).register_all()
         print(f"topics ready ({len(created)} created); schemas registered")
     elif args.command == "router":

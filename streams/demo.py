@@ -26,6 +26,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.jobs.processes import Cluster, running
+from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ensure_topics, key_for
@@ -71,7 +72,7 @@ class Demo:
         self.cluster = Cluster(bootstrap, registry_url, self.config, work_dir / "logs")
         self.work_dir = work_dir
         self.contracts = Contracts(registry_client(registry_url), self.config.topics)
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+        self.producer = Producer({**client_config(bootstrap), "linger.ms": 10})
         self.now = int(time.time() * 1000)
         self.start = self.now - 2 * 3_600_000
         self.clock_file = work_dir / "retention-clock"
@@ -103,7 +104,7 @@ class Demo:
 
     def setup(self) -> None:
         done = _step("creating topics and registering contracts")
-        ensure_topics(AdminClient({"bootstrap.servers": self.bootstrap}), self.config.topics)
+        ensure_topics(AdminClient(client_config(self.bootstrap)), self.config.topics)
         done(f"({len(self.contracts.register_all())} subjects)")
 
     def traffic(self) -> None:

@@ -56,6 +56,7 @@ import faust
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from faust.types import TP, EventT
 
+from streams.kafka.clients import client_config
 from streams.kafka.faust_app import (
     AT_LEAST_ONCE,
     FaustSettings,
@@ -270,7 +271,7 @@ class ContentReader:
         self.topic = topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **client_config(bootstrap_servers),
                 "group.id": group,  # never committed; librdkafka requires one
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -335,7 +336,7 @@ class OutputProducer:
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **client_config(bootstrap_servers),
                 "client.id": client_id,
                 "enable.idempotence": True,
                 "acks": "all",

@@ -221,9 +221,14 @@ class Router:
         self._state_reader: CompactedReader | None = None
 
     # --- state topics -------------------------------------------------------------
-    def attach_state_reader(self, bootstrap_servers: str) -> CompactedReader:
+    def attach_state_reader(
+        self, bootstrap_servers: str, group_id: str = "unused-state-reader"
+    ) -> CompactedReader:
         self._state_reader = CompactedReader(
-            bootstrap_servers, [getattr(self.topics, f) for f in _STATE], self.apply_state
+            bootstrap_servers,
+            [getattr(self.topics, f) for f in _STATE],
+            self.apply_state,
+            group_id=group_id,
         )
         return self._state_reader
 
@@ -492,9 +497,9 @@ def build_router_loop(
     router = Router(
         config, contracts, clock=clock, metrics=metrics, redaction_processes=redaction_processes
     )
-    reader = router.attach_state_reader(bootstrap_servers)
-    reader.catch_up()
     group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
+    reader = router.attach_state_reader(bootstrap_servers, f"{group}-state-reader")
+    reader.catch_up()
     loop = TransactionalLoop(
         LoopConfig(
             bootstrap_servers=bootstrap_servers,

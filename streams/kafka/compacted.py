@@ -22,6 +22,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from streams.kafka.clients import client_config
+
 log = logging.getLogger(__name__)
 
 
@@ -32,10 +34,13 @@ class CompactedReader:
         topics: Sequence[str],
         on_message: Callable[[Message], None],
         extra: dict[str, Any] | None = None,
+        group_id: str = "unused-state-reader",
     ) -> None:
+        """``group_id``: never joined nor committed, but librdkafka looks its coordinator up,
+        so under ACLs it must be a group the job's principal may use (R18)."""
         conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "unused-state-reader",  # required by librdkafka; never committed
+            **client_config(bootstrap_servers),
+            "group.id": group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
@@ -127,7 +132,7 @@ def read_topic(
     """Every committed record of ``topic`` from the beginning: (key, value, partition, offset)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **client_config(bootstrap_servers),
             "group.id": f"streams-reader-{os.getpid()}-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

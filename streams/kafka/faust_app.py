@@ -30,6 +30,7 @@ import faust
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TopicT
 
+from streams.kafka.clients import client_config, faust_security
 from streams.kafka.topics import internal_topic
 from streams.policy.config import Topics
 
@@ -95,6 +96,7 @@ def build_app(settings: FaustSettings) -> faust.App:
         "broker_heartbeat_interval": 1.0,
         "stream_buffer_maxsize": 4096,
         "producer_linger": 0.005,  # changelog writes travel in batches, not one per request
+        **faust_security(),
     }
     options.update(settings.extra)
     # Never log record values: faust and aiokafka print keys and values at DEBUG level.
@@ -125,7 +127,7 @@ def ensure_topic(
     timeout: float = 30.0,
 ) -> None:
     """Create a job-internal topic faust does not declare itself (e.g. a command topic)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     if name in admin.list_topics(timeout=timeout).topics:
         return
     futures = admin.create_topics(
@@ -148,7 +150,7 @@ def partition_counts(
     bootstrap_servers: str, names: list[str], timeout: float = 30.0
 ) -> dict[str, int]:
     """The partition count of each topic (they must exist)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     metadata = admin.list_topics(timeout=timeout)
     counts: dict[str, int] = {}
     for name in names:

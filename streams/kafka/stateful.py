@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafka.clients import client_config
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.transactional import (
     LoopConfig,
@@ -127,7 +128,7 @@ class StateReader:
         self.topic = topic
         self.timeout_s = timeout_s
         base = {
-            "bootstrap.servers": bootstrap_servers,
+            **client_config(bootstrap_servers),
             "enable.auto.commit": False,
             # never joins or commits; named after the job so its ACLs cover it (R18)
             "group.id": f"{group_prefix}-state-reader-{uuid.uuid4().hex[:8]}",
@@ -181,7 +182,7 @@ def ensure_copartitioned_topic(
     timeout: float = 30.0,
 ) -> str:
     """Create the compacted changelog ``name`` with as many partitions as topic ``like``."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     metadata = admin.list_topics(timeout=timeout).topics
     source = metadata.get(like)
     if source is None or source.error is not None:

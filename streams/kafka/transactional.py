@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from streams.kafka.clients import client_config
 from streams.policy.audit import Source
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class TransactionalLoop:
         self.transactions = 0
         self.on_close: list[Callable[[], None]] = []  # run after the clients are closed
         consumer_conf: dict[str, Any] = {
-            "bootstrap.servers": config.bootstrap_servers,
+            **client_config(config.bootstrap_servers),
             "group.id": config.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -102,7 +103,7 @@ class TransactionalLoop:
         }
         consumer_conf.update(config.extra_consumer or {})
         producer_conf: dict[str, Any] = {
-            "bootstrap.servers": config.bootstrap_servers,
+            **client_config(config.bootstrap_servers),
             "transactional.id": config.transactional_id,
             "transaction.timeout.ms": config.transaction_timeout_ms,
             "linger.ms": 5,

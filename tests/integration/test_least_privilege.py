@@ -3,8 +3,11 @@ what it needs."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import (
@@ -18,8 +21,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streams.infra.broker import LocalKafka
-from streams.kafka.topics import CATALOGUE, ROLES, acl_bindings, ensure_topics
-from streams.policy.config import Topics
+from streams.jobs.processes import Cluster, start_job, stop_jobs
+from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
+from streams.kafka.topics import CATALOGUE, ROLES, acl_bindings, ensure_topics, key_for
+from streams.policy.config import PolicyConfig, Topics
+from streams.traffic import TrafficGenerator, TrafficMix
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +119,108 @@ def test_readers_in_the_catalogue_are_least_privilege_R18() -> None:
     assert readers["safety_evaluation"] == {"safety-team"}
     assert readers["usage_metrics"] == {"analytics"}
     assert "training" not in readers["safety_review"] | readers["log_store"]
+
+
+def _produce_as(kafka: LocalKafka, role: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    producer = Producer({**kafka.client_config(role), "linger.ms": 5})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def _audited(kafka: LocalKafka, topics: Topics, codec: Codec) -> set[str]:
+    """Subjects of every committed audit record, read as the privacy-audit team."""
+    consumer = Consumer(
+        {
+            **kafka.client_config("privacy-audit"),
+            "group.id": f"privacy-audit-{uuid.uuid4().hex[:6]}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    subjects: set[str] = set()
+    try:
+        parts = range(_partitions(kafka, topics.audit))
+        consumer.assign([TopicPartition(topics.audit, p, OFFSET_BEGINNING) for p in parts])
+        idle = 0
+        while idle < 3:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                idle += 1
+                continue
+            idle = 0
+            try:
+                subjects.add(codec.decode(message.value())["subject_id"])
+            except DecodeError:
+                continue  # the fixture's probe record
+    finally:
+        consumer.close()
+    return subjects
+
+
+def _job_env(role: str) -> dict[str, str]:
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": role,
+        "KAFKA_SASL_PASSWORD": f"{role}-pw",
+    }
+
+
+def test_router_worker_runs_as_its_own_principal_and_needs_its_grants_R18(
+    secured: tuple[LocalKafka, Topics], schema_registry_url: str, tmp_path: Path
+) -> None:
+    """R18: the router job connects as User:router (its SASL settings from the environment)
+    and routes requests with only the shipped grants; the same job started with the
+    training team's credentials is refused and routes nothing."""
+    kafka, topics = secured
+    config = PolicyConfig()  # the topic names the ACLs were made for
+    contracts = Contracts(registry_client(schema_registry_url), topics)
+    contracts.register_all()
+    now = time.time_ns() // 1_000_000
+    traffic = TrafficGenerator(TrafficMix(orgs=4), seed=5, start_ms=now - 60_000)
+    controls = contracts.codec("data_controls")
+    _produce_as(
+        kafka,
+        "control-plane",
+        topics.data_controls,
+        [(key_for("data_controls", c), controls.encode(c)) for c in traffic.control_changes()],
+    )
+    mark = {"watermark_ms": now, "published_at_ms": now}
+    _produce_as(
+        kafka,
+        "control-plane",
+        topics.controls_watermark,
+        [("watermark", contracts.codec("controls_watermark").encode(mark))],
+    )
+    requests = [traffic.request(now - 60_000 + i) for i in range(20)]
+    codec = contracts.codec("request_logs")
+    _produce_as(
+        kafka,
+        "gateway",
+        topics.request_logs,
+        [(r["request_id"], codec.encode(r)) for r in requests],
+    )
+    ids = {r["request_id"] for r in requests}
+    audit = contracts.codec("audit")
+    cluster = Cluster(kafka.bootstrap_servers, schema_registry_url, config, tmp_path)
+
+    intruder = start_job(cluster, "router", "9", extra_env=_job_env("training"))
+    try:
+        intruder.wait(20)  # refused: it may exit, or keep failing without output
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop_jobs([intruder])
+    assert not ids & _audited(kafka, topics, audit), "routed without the router's grants"
+
+    worker = start_job(cluster, "router", extra_env=_job_env("router"))
+    try:
+        deadline = time.monotonic() + 90
+        while not ids <= _audited(kafka, topics, audit) and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "router-0.log").read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        stop_jobs([worker])
+    assert ids <= _audited(kafka, topics, audit)
+    assert "AUTHORIZATION_FAILED" not in (tmp_path / "router-0.log").read_text()
