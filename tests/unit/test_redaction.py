@@ -4,6 +4,7 @@ idempotence, engine exactness (property tests) and the accuracy targets on the l
 from __future__ import annotations
 
 import importlib.util
+import re
 import string
 import sys
 import time
@@ -31,6 +32,7 @@ from streams.policy.redaction import (
     redact,
 )
 from streams.policy.redaction._engine import ENGINES
+from streams.policy.redaction._types import DIGIT
 from streams.policy.redaction._validators import card_ok, iban_ok, ipv4_ok, luhn_ok, ssn_ok
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,6 +370,70 @@ def _engine_redactors() -> list[Redactor]:
 
 UNFILTERED = Redactor(engine="none")
 ENGINE_REDACTORS = _engine_redactors()
+
+
+# Other decimal digits that Python's ``\d`` accepts: Arabic-Indic, Extended Arabic-Indic
+# (Persian), Devanagari, full-width, Bengali, mathematical bold.
+UNICODE_DIGITS = ("٠١٢٣٤٥٦٧٨٩", "۰۱۲۳۴۵۶۷۸۹", "०१२३४५६७८९", "０１２３４５６７８９", "০১২৩৪৫৬৭৮৯",
+                  "𝟎𝟏𝟐𝟑𝟒𝟓𝟔𝟕𝟖𝟗")  # fmt: skip
+
+
+def _digits_as(text: str, digits: str) -> str:
+    return "".join(digits[int(c)] if "0" <= c <= "9" else c for c in text)
+
+
+UNICODE_TEXTS = [
+    "i live at ٤٢ elm street, springfield", "I live at ٤٢ Elm Street, Springfield",
+    "٤٢ Elm Street", "４２ Elm Street, Springfield", "Office: ４２ Elm Street",
+    "Rua Diadema ١٩٠٣", "Søndergade ٥٢", "Apt. ٥", "P.O. Box ٢٤٢", "apo aa ٦١٤٨٧",
+    "Springfield, IL ٦٢٧٠٤", "20789 Allika ٤٦", "٤٢ Rue de Pologne", "meet me at\n४२ elm street",
+    "call ٤١٥ ٥٥٥ ٠١٩٩", "card ٤١١١ ١١١١ ١١١١ ١١١١", "ssn ٤٩٤-٣٣-٠٧٤٨", "NI AB ١٢ ٣٤ ٥٦ C",
+    "passport no. X١٢٣٤٥٦٧", "+１ ４１５ ５５５ ０１９９", "203.0.113.٧", "my pin is ٤٨٢١",
+    "bearer\xa0abcdefghijklmnop1234", "password is\u3000hunter2",
+    # Not Unicode, found with them: the triggers did not cover these finder cases either.
+    "12a Elm Street", "i serve on the uss enterprise", "my pin code is 4821",
+    "my password is:hunter2", "Passport number:\nX1234567", "passport" + " " * 50 + "X1234567",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", UNICODE_TEXTS)
+def test_r11_engines_agree_on_unicode_digits_and_spaces(text: str) -> None:
+    """R11 fail-closed pre-filter: the finders' ``\\d`` and ``\\s`` are Unicode, so the triggers
+    must fire on other digits and spaces too; every engine (also ``re``) matches ``none``."""
+    expected = UNFILTERED.redact(text)
+    for name in ENGINES:
+        try:
+            redactor = Redactor(engine=name)
+        except ImportError:  # hyperscan is optional
+            continue
+        assert redactor.redact(text) == expected, name
+
+
+def test_r11_unicode_digit_address_is_redacted() -> None:
+    """R11 (the reported case): an address with Arabic-Indic digits in lower-case text."""
+    assert R.redact("i live at ٤٢ elm street, springfield").text == "i live at [STREET_ADDRESS]"
+
+
+def test_r11_trigger_digit_covers_every_unicode_decimal() -> None:
+    """R11: the triggers' DIGIT class is exactly Python's ``\\d`` for str on this Python."""
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    assert re.findall(DIGIT, every) == [c for c in every if c.isdecimal()]
+
+
+@PROPS
+@given(noisy, st.sampled_from(UNICODE_DIGITS), st.sampled_from(["", "\xa0", "\u2003", "\x1c"]))
+def test_r11_property_engines_are_exact_with_unicode_digits(
+    text: str, digits: str, space: str
+) -> None:
+    """R11 property: the same with the digits of the fragments written in another script (and
+    some spaces as Unicode spaces), in mixed and all-lower case."""
+    text = _digits_as(text, digits)
+    if space:
+        text = text.replace(" ", space, 3)
+    for variant in (text, text.lower()):
+        expected = UNFILTERED.detect(variant)
+        for redactor in ENGINE_REDACTORS:
+            assert redactor.detect(variant) == expected, redactor.engine
 
 
 # ---------------------------------------------------------------- speed guard

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from ._lexicon import COMMON_WORDS, NOT_NAME, PLACES
 from ._names import LO, UP
-from ._types import STREET_ADDRESS, Detector, Span, Trigger, scan
+from ._types import DIGIT, NON_ASCII_DIGIT, STREET_ADDRESS, Detector, Span, Trigger, scan
 
 _L = f"[{UP}{LO}]"
 # Word, Word., O'Neil, McDonald, SPÅNGA (no nested quantifiers: no backtracking blow-up)
@@ -326,6 +326,7 @@ def find_addresses(text: str, low: str | None) -> list[Span]:
 
 
 _T = Trigger
+_D = DIGIT  # the finders' ``\d`` (_NUM, _UNIT, _POBOX, state ZIP) is Unicode
 # Word edges for triggers; byte-oriented engines have no Unicode \b, so: "not an ASCII letter".
 _START = r"(?:^|[^A-Za-z0-9_.-])"
 _END = r"(?:[^A-Za-z]|$)"
@@ -342,8 +343,8 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "address_suffix",
         (
-            _T(r"[0-9][ ]+(?:[^\s0-9]+[ ]+){0,4}" + _SUFFIX_ALT + _END),
-            _T(r"[ ]" + _SUFFIX_ALT + r"\.?[ ]+[0-9]"),
+            _T(_D + r"[A-Za-z]?[ ]+(?:[^\s0-9]+[ ]+){0,4}" + _SUFFIX_ALT + _END),
+            _T(r"[ ]" + _SUFFIX_ALT + r"\.?[ ]+" + _D),
         ),
         _finder(("suffix",), False),
     ),
@@ -351,30 +352,35 @@ DETECTORS: tuple[Detector, ...] = (
         "address_prefix",
         (
             _T(_START + _PREFIX_BARE_ALT + r"\.?[ ]"),
-            _T(r"[0-9][ ]+" + _PREFIX_ALT + r"\.?" + _END),
+            _T(_D + r"[A-Za-z]?[ ]+" + _PREFIX_ALT + r"\.?" + _END),
         ),
         _finder(("prefix",), False),
     ),
     Detector(
         "address_attached",
-        (_T(_alt(_ATTACHED, cap=False) + r"\.?[ ]+[0-9]"),),
+        (_T(_alt(_ATTACHED, cap=False) + r"\.?[ ]+" + _D),),
         _finder(("attached",), False),
     ),
     Detector(
         "address_unit",
         (
-            _T(r"(?:apt|apartment|suite|ste)\.?[ ]*#?[ ]*[0-9]", caseless=True),
-            _T(r"(?:box|postfach|apartado)[ ]+[0-9]|(?:usns|usnv|uss|uscgc)[ ]", caseless=True),
-            _T(r"(?:APO|FPO|DPO)[ ](?:AA|AE|AP)[ ][0-9]"),
+            _T(r"(?:apt|apartment|suite|ste)\.?[ ]*#?[ ]*" + _D, caseless=True),
+            _T(
+                r"(?:box|postfach|apartado)[ ]+" + _D + r"|(?:usns|usnv|uss|uscgc)[ ]",
+                caseless=True,
+            ),
+            _T(r"(?:APO|FPO|DPO)[ ](?:AA|AE|AP)[ ]" + _D),
         ),
         _finder(("unit",), False),
     ),
     Detector(
-        "address_state", (_T(r"[ ,](?:" + _STATE + r")[ ]+[0-9]{5}"),), _finder(("state",), False)
+        "address_state",
+        (_T(r"[ ,](?:" + _STATE + r")[ ]+" + _D + "{5}"),),
+        _finder(("state",), False),
     ),
     Detector(
         "address_sandwich",
-        (_T(r"[0-9][ ]+[^\s0-9a-z][^\s0-9]*(?:[ ]+[^\s0-9]+){0,3}[ ]+[0-9]"),),
+        (_T(r"[0-9][ ]+[^\s0-9a-z][^\s0-9]*(?:[ ]+[^\s0-9]+){0,3}[ ]+" + _D),),
         _finder(("sandwich",), False),
     ),
     Detector(
@@ -384,17 +390,27 @@ DETECTORS: tuple[Detector, ...] = (
                 r"(?i:" + _ADDRESS_CUES + r")[ \t]*:?[ \t]*\n?[ \t]*"
                 r"(?:[0-9]|[^\sa-z0-9][^\n]{0,200}[0-9])"
             ),
+            # The same for the other digits of ``\d``, apart: a bounded repeat of any
+            # character is too large for Hyperscan in UTF-8 mode, and unbounded it only costs
+            # on the rare texts that hold such a digit. (Not "[^\n]*\n?[^\n]*": Python
+            # ``re`` backtracks that quadratically in the line length.)
+            _T(r"(?i:" + _ADDRESS_CUES + r")[^\n]*(?:\n[^\n]*)?" + NON_ASCII_DIGIT),
         ),
         _finder(("cue",), False),
     ),
     Detector("address_corner", (_T(r"corner of", caseless=True),), _finder(("corner",), False)),
-    # Every lower-case rule needs a digit or "corner of": the engine answers that in the scan
-    # it makes anyway, and ``islower`` (another pass over the text) only runs after it. The
-    # digit trigger is anchored to text without ASCII capitals so that it does not fire on
+    # Every lower-case rule needs a (Unicode) digit, "corner of" or a ship prefix ("uss
+    # enterprise": the military-address rule): the engine answers that in the scan it makes
+    # anyway, and ``islower`` (another pass over the text) only runs after it. The digit
+    # trigger is anchored to text without ASCII capitals so that it does not fire on
     # ordinary prose (its DFA thread dies at the first capital).
     Detector(
         "address_lower_case",
-        (_T(r"^[^A-Z]*[0-9][^A-Z]*$"), _T(r"corner of")),
+        (
+            _T(r"^[^A-Z]*" + _D + r"[^A-Z]*$"),
+            _T(r"corner of"),
+            _T(r"(?:usns|usnv|uss|uscgc)[ ]", caseless=True),
+        ),
         _finder(_PARTS, True),
         gate=str.islower,
     ),

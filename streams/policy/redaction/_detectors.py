@@ -20,6 +20,7 @@ from ._types import (
     IP_ADDRESS,
     NATIONAL_ID,
     PHONE,
+    SPACE,
     Detector,
     Span,
     Trigger,
@@ -524,6 +525,10 @@ def find_phone_context(text: str, low: str | None) -> list[Span]:
 # ---------------------------------------------------------------- the detector table
 _T = Trigger
 _HEX = "[0-9A-Fa-f]"
+# What _ID_VALUE lets stand between a cue and the number: any amount of (Unicode, so also
+# newline) whitespace, "number"/"no."/"is"/"was"/"reads"/":=#-" and up to three letters.
+# Letters that only match under re.I (the Kelvin sign for "k", ...) are non-ASCII: in SPACE.
+_ID_GAP = r"(?:" + SPACE + r"|(?i:[#:=.\-bdeimnorsuwa]))*(?i:[a-z]{1,3}[- ]?)?[0-9]"
 DETECTORS: tuple[Detector, ...] = (
     Detector("email", (_T(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]"),), find_email),
     Detector("private_key", (_T(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY"),), find_private_keys),
@@ -532,14 +537,18 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("known_token", (_T(_KNOWN_TOKEN_CORE),), find_known_tokens),
     Detector(
         "bearer",
-        (_T(r"(?:bearer|basic|token|digest)\s+[A-Za-z0-9._~+/-]{16}", caseless=True),),
+        (_T(r"(?:bearer|basic|token|digest)" + SPACE + r"+[A-Za-z0-9._~+/-]{16}", caseless=True),),
         find_bearer,
     ),
     Detector(
         "kv_secret",
         (
             _T(r"(?:" + _SECRET_KEY_WORDS + r")[\"']?[ \t]*[:=]", caseless=True),
-            _T(r"(?:password|passcode|passphrase|pin|pwd)\s+(?:is|was)\s", caseless=True),
+            # _SAYS_LOW: "pin code is", "password is:hunter2" (no space needed after "is")
+            _T(
+                r"(?:password|passcode|passphrase|pin(?: code)?|pwd)" + SPACE + r"+(?:is|was)",
+                caseless=True,
+            ),
         ),
         find_kv_secrets,
     ),
@@ -561,10 +570,10 @@ DETECTORS: tuple[Detector, ...] = (
             _T(
                 r"(?:social[ -]security|licen[cs]e|passport|national[ -]id|identity[ -]"
                 r"|id[ -](?:number|no|card|#)|tax[ -]id|national[ -]insurance|nhs[ -]number"
-                r"|personnummer|codice[ -]fiscale|aadhaar|pesel)[^\n]{0,40}[0-9]",
+                r"|personnummer|codice[ -]fiscale|aadhaar|pesel)" + _ID_GAP,
                 caseless=True,
             ),
-            _T(r"(?:SSN|SIN|TIN|NIN|BSN|DNI|NIE|NIF|CPF|ITIN|EIN|NINO)[^\n]{0,40}[0-9]"),
+            _T(r"(?:SSN|SIN|TIN|NIN|BSN|DNI|NIE|NIF|CPF|ITIN|EIN|NINO)" + _ID_GAP),
         ),
         find_id_context,
     ),

@@ -112,8 +112,12 @@ class HyperscanEngine:
 
         self._hs = hyperscan
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        # A pattern with literal non-ASCII characters (``_types.DIGIT``) must be read as
+        # UTF-8 code points, not bytes; the scanned text is always valid UTF-8 (``fired``).
         flags = [
-            hyperscan.HS_FLAG_SINGLEMATCH | (hyperscan.HS_FLAG_CASELESS if t.caseless else 0)
+            hyperscan.HS_FLAG_SINGLEMATCH
+            | (hyperscan.HS_FLAG_CASELESS if t.caseless else 0)
+            | (0 if t.pattern.isascii() else hyperscan.HS_FLAG_UTF8)
             for t in triggers
         ]
         self._db.compile(

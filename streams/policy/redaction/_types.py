@@ -33,6 +33,37 @@ PRIORITY: dict[str, float] = {label: len(LABELS) - i for i, label in enumerate(L
 # Weak variants ("LABEL?"): found from context only; they rank below a street address.
 PRIORITY[PHONE + "?"] = (PRIORITY[STREET_ADDRESS] + PRIORITY[PERSON]) / 2
 
+
+def _non_ascii_decimals() -> str:
+    """Ranges of every non-ASCII character that Python ``re`` counts as ``\\d`` in a str
+    pattern (Unicode category Nd, ``str.isdecimal``), as literal characters for a class."""
+    out: list[str] = []
+    start = prev = -1
+    for cp in range(0x80, _LAST_DECIMAL + 1):
+        if chr(cp).isdecimal():
+            if cp != prev + 1:
+                if start >= 0:
+                    out.append(f"{chr(start)}-{chr(prev)}")
+                start = cp
+            prev = cp
+    out.append(f"{chr(start)}-{chr(prev)}")
+    return "".join(out)
+
+
+# No decimal digit above plane 1 (Unicode 15; the unit tests check the running Python).
+_LAST_DECIMAL = 0x1FFFF
+# A trigger's "digit" wherever its finder uses ``\d`` (Unicode for str patterns): a bare
+# [0-9] would let "٤٢ Elm Street" skip a detector that finds it (fail open). RE2 and ``re``
+# read the literal characters as code points; Hyperscan compiles such patterns in UTF-8
+# mode (``_engine``).
+NON_ASCII_DIGIT = "[" + _non_ascii_decimals() + "]"
+DIGIT = "[0-9" + NON_ASCII_DIGIT[1:]
+# A trigger's "whitespace" wherever its finder uses ``\s``: Python's is Unicode, RE2's and
+# Hyperscan's are ASCII only. So: ASCII whitespace (with \x1c-\x1f, which ``str.isspace``
+# counts) or any non-ASCII character; byte engines see the latter as bytes >= 0x80, so use
+# it repeated ("+" / "*") only.
+SPACE = r"[^\x00-\x08\x0e-\x1b\x21-\x7f]"
+
 # (start, end, label), character offsets into the text.
 Span = tuple[int, int, str]
 
