@@ -347,7 +347,9 @@ def advance(worker: Worker, stack: Stack, outputs: Outputs, now: int, tag: str) 
     stack.produce(
         "log_store", [(rid, log_record(rid, "org-sentinel", now - 30 * DAY_MS)) for rid in ids]
     )
-    outputs.wait(f"sentinels {tag} retained", lambda: _retained(outputs, ids))
+    # Not the timed part: after a hand-over under load, faust's rebalance and changelog
+    # recovery alone can take a minute before the new owner reads the sentinels.
+    outputs.wait(f"sentinels {tag} retained", lambda: _retained(outputs, ids), timeout_s=180)
     started = time.monotonic()
     worker.set_clock(now)
     bound_s = stack.config.deletion_bound_ms / 1000
