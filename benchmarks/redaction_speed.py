@@ -32,74 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from streams.policy.redaction import Redactor  # noqa: E402
 from streams.policy.redaction._engine import ENGINES  # noqa: E402
-
-SENTENCES = [
-    "The quarterly report shows revenue growth of 12% across all regions while costs remained "
-    "stable.",
-    "Please summarise the key risks for the Board and suggest three mitigations.",
-    "Our customer support team in Berlin needs a friendly reply explaining the delayed shipment.",
-    "Translate this paragraph into French, keeping the formal tone of the original text.",
-    "Write a Python function that parses the log file and returns the 10 slowest requests.",
-    "Compare the two contracts and list every clause where the liability terms differ.",
-    "In 2023 the company moved its data platform to Kubernetes 1.27 on AWS.",
-    "Version 3.11 of Python added exception groups and the new `tomllib` module.",
-    "See https://docs.python.org/3/library/re.html for the regular expression syntax.",
-    "The meeting is scheduled for Tuesday, 14 March 2024 at 10:30 in Building B.",
-    "Explain the difference between TCP and UDP to a first-year student.",
-    "The SQL query joins the orders table with customers on customer_id and groups by month.",
-    "Our Q3 target is 1,250 new accounts, up from 980 in Q2.",
-    "Use `git rebase -i HEAD~3` to squash the last three commits.",
-    "The European Commission published new guidance on AI transparency last week.",
-    "Summarise the attached PDF in five bullet points for the Marketing team.",
-    "What are the main causes of the French Revolution, in order of importance?",
-    "The function should return a dict mapping each user id to the number of sessions.",
-    "Draft an email to the London office about the new travel policy.",
-    "Set max_tokens to 512 and temperature to 0.7 for the summarisation endpoint.",
-    "The dataset has 48,000 rows and 37 columns; 12% of the values are missing.",
-    "Rewrite the introduction so it is clearer for a non-technical audience.",
-    "The Amazon River flows through Brazil, Peru and Colombia.",
-    "Kafka consumers in the same group share the partitions of a topic.",
-    "Our API returns HTTP 429 when the rate limit of 1000 requests per minute is exceeded.",
-    "The Treaty of Versailles was signed in 1919 after the First World War.",
-    "Generate unit tests for the `parse_invoice` function using pytest.",
-    "The patient education leaflet must be readable at a sixth-grade level.",
-    'Convert the following JSON to YAML: {"name": "service", "replicas": 3}.',
-    "Microsoft, Google and Apple all reported earnings on Thursday.",
-]
-CODE = [
-    "```python\ndef slowest(path: str, n: int = 10) -> list[tuple[str, float]]:\n"
-    "    rows = [line.split() for line in open(path)]\n"
-    "    return sorted(((r[0], float(r[-1])) for r in rows), key=lambda x: -x[1])[:n]\n```",
-    "```sql\nSELECT c.region, date_trunc('month', o.created_at) AS m, sum(o.total)\n"
-    "FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1, 2;\n```",
-    "```bash\nkubectl -n prod rollout restart deployment/api && kubectl get pods -w\n```",
-]
-PII = [
-    "Contact me at jane.doe{n}@example.com for details.",
-    "Call +1 415 555 01{n:02d} after five.",
-    "My card is 4111 1111 1111 1111, expiry 12/29.",
-    "The server at 203.0.113.{n} keeps timing out.",
-    "Wire it to DE89 3704 0044 0532 0130 00 please.",
-    "My name is Maria Gonzalez and I live at 42 Elm Street, Springfield.",
-    "Use the key sk_live_{n:04d}abcdefghijklmnopqrstuv to authenticate.",
-    "Dear Mr. Thompson, thank you for your letter.",
-    "Her SSN is 123-45-67{n:02d}.",
-    "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY{n}",
-]
-
-
-def _text(rng: random.Random, chars: int, pii: bool) -> str:
-    parts: list[str] = []
-    size = 0
-    if pii:
-        parts.append(rng.choice(PII).format(n=rng.randrange(100)))
-    while size < chars:
-        part = rng.choice(CODE) if rng.random() < 0.08 else rng.choice(SENTENCES)
-        parts.append(part)
-        size += len(part) + 1
-    rng.shuffle(parts)
-    text = " ".join(parts)
-    return text if len(text) <= chars * 1.3 else text[: int(chars * 1.3)]
+from streams.traffic import realistic_text  # noqa: E402
 
 
 def corpus(n: int = 2000, seed: int = 11, pii_share: float = 0.10) -> list[tuple[str, str, bool]]:
@@ -107,8 +40,8 @@ def corpus(n: int = 2000, seed: int = 11, pii_share: float = 0.10) -> list[tuple
     pairs = []
     for _ in range(n):
         pii = rng.random() < pii_share
-        prompt = _text(rng, 500, pii and rng.random() < 0.7)
-        generation = _text(rng, 800, pii and rng.random() < 0.5)
+        prompt = realistic_text(rng, 500, pii and rng.random() < 0.7)
+        generation = realistic_text(rng, 800, pii and rng.random() < 0.5)
         pairs.append((prompt, generation, pii))
     return pairs
 
