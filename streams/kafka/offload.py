@@ -26,6 +26,7 @@ import fcntl
 import importlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import traceback
@@ -237,6 +238,8 @@ def _serve(receive: Connection, send: Connection) -> None:
         setup, work_name, setup_args = pickle.loads(receive.recv_bytes())
         _resolve(setup)(*setup_args)
         work = _resolve(work_name)
+    except EOFError:
+        return
     except Exception as exc:
         reply("error", _failure(exc))
         return
@@ -247,13 +250,23 @@ def _serve(receive: Connection, send: Connection) -> None:
         except EOFError:
             return  # the job closed the offload, or died
         try:
-            reply("ok", work(items))
+            result = ("ok", work(items))
         except Exception as exc:
-            reply("error", _failure(exc))
+            result = ("error", _failure(exc))
+        reply(*result)
+
+
+def _main() -> None:
+    # The job decides when its workers stop (it closes their input): a Ctrl-C sent to the
+    # whole process group must not kill them mid-chunk first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A job that died while this worker was answering leaves nobody to tell.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        _serve(
+            Connection(int(sys.argv[1]), writable=False),
+            Connection(int(sys.argv[2]), readable=False),
+        )
 
 
 if __name__ == "__main__":
-    _serve(
-        Connection(int(sys.argv[1]), writable=False),
-        Connection(int(sys.argv[2]), readable=False),
-    )
+    _main()

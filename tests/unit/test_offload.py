@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -169,3 +171,26 @@ def test_candidates_built_in_worker_processes_are_byte_identical_to_in_process_R
     candidates = [v for t, v in offloaded if t.endswith("training-candidates")]
     assert len(candidates) > 100
     assert not any(b"@example.com" in (v or b"") for v in candidates)
+
+
+def test_workers_of_a_killed_job_exit_instead_of_lingering() -> None:
+    """A job SIGKILLed (as the chaos tests do) leaves no offload worker behind."""
+    script = (
+        "from streams.kafka.offload import Offload\n"
+        "from tests.unit.test_offload import report_pid, set_factor\n"
+        "o = Offload(set_factor, report_pid, (1,), chunk_size=1)\n"
+        "print(int(o.submit(0).result()), flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert job.stdout is not None
+        worker = int(job.stdout.readline())
+        job.kill()
+        job.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.05)
+        assert not _alive(worker)
+    finally:
+        job.kill()
