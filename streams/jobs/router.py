@@ -105,8 +105,9 @@ _ENCODED = (
 class OutputEncoder:
     """The router's outputs as bytes; a training candidate is redacted first (R9-R11).
 
-    Pure, and most of the router's CPU (redaction, Avro encoding): by default it runs in
-    offload worker processes, fed in order and collected before each transaction.
+    Pure. Candidates, whose redaction is the costly part, are encoded in the router's
+    offload worker processes by default (fed in order, collected before each transaction);
+    everything else in the router's own process.
     """
 
     def __init__(
