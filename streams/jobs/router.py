@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Message
@@ -30,11 +31,19 @@ from streams.kafka.serde import (
     Contracts,
     DecodeError,
     ExtendingCodec,
+    SplicedCodec,
     registry_client,
     schema_id_of,
 )
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
-from streams.policy.audit import Source, audit_record, dead_letter_decision
+from streams.policy.audit import (
+    AUDIT_OUTCOME_FIELDS,
+    Source,
+    audit_outcome,
+    audit_record,
+    audit_subject,
+    dead_letter_decision,
+)
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.data_controls import DataControlsLedger
 from streams.policy.holds import HoldIndex, validate_flag
@@ -42,6 +51,7 @@ from streams.policy.models import (
     AccountDeletionRequest,
     ControlsWatermark,
     DataControlChange,
+    DataControls,
     Decision,
     Deployment,
     InvalidRecord,
@@ -50,13 +60,15 @@ from streams.policy.models import (
 from streams.policy.redaction import Redactor
 from streams.policy.routing import (
     PersonalInformationRedactor,
+    RequestShape,
     RoutingFacts,
     WatermarkState,
     decide_finetune_row,
-    decide_request,
+    decide_request_shape,
     finetune_candidate,
     log_store_record,
     log_store_stamp,
+    request_shape,
     training_candidate,
     usage_event,
     validate_finetune_row,
@@ -84,7 +96,8 @@ def default_redaction_processes() -> int:
 
 
 # An output to encode: (output field, payload). The payload is the record for most
-# fields; (request bytes, stamp) for "log_store_stamped"; (input field, decoded record,
+# fields; (request bytes, encoded stamp) for "log_store_stamped"; (subject fields, encoded
+# outcome) for "audit_decided"; (input field, decoded record or the request's bytes,
 # consent version of the decision) for "training_candidates".
 OutputItem = tuple[str, Any]
 # Encoded in the offload workers when there are any. Only candidates: their redaction is
@@ -121,21 +134,39 @@ class OutputEncoder:
         self.codecs = codecs
         self._redactor = redactor
         self.log_store_stamped = ExtendingCodec(codecs["request_logs"], codecs["log_store"])
+        # audit runs: the subject (id, kind, org), the outcome, then time and source
+        self.audit_runs = SplicedCodec(codecs["audit"], [AUDIT_OUTCOME_FIELDS[0], "decided_at_ms"])
+        if self.audit_runs.runs[1] != AUDIT_OUTCOME_FIELDS:
+            raise ValueError("the audit contract's outcome fields are not consecutive")
+
+    def stamp(self, stamp: Mapping[str, Any]) -> bytes:
+        """The log-store stamp, encoded once per decision and joined to each request."""
+        return self.log_store_stamped.tail(stamp)
+
+    def outcome(self, outcome: Mapping[str, Any]) -> bytes:
+        """An audit outcome, encoded once per decision and joined to each subject."""
+        return self.audit_runs.encode_run(1, outcome)
 
     def encode(self, items: Sequence[OutputItem]) -> list[bytes]:
         return [self.encode_one(field, payload) for field, payload in items]
 
     def encode_one(self, field: str, payload: Any) -> bytes:
         if field == "log_store_stamped":
-            stamped = self.log_store_stamped.encode(*payload)
+            stamped = self.log_store_stamped.join(*payload)
             if stamped is None:
                 raise ValueError("request bytes not in the base contract")  # router checks
             return stamped
+        if field == "audit_decided":
+            subject, outcome = payload
+            runs = self.audit_runs
+            return runs.join((runs.encode_run(0, subject), outcome, runs.encode_run(2, subject)))
         if field == "training_candidates":
             if self._redactor is None:
                 self._redactor = Redactor()
             redactor = self._redactor
             source_field, record, consent_version = payload
+            if isinstance(record, bytes):
+                record = self.codecs[source_field].decode(record)
             if source_field == "request_logs":
                 candidate = training_candidate(
                     validate_request(record), consent_version, redactor, self.config
@@ -164,6 +195,22 @@ def start_output_worker(
 def encode_outputs(items: Sequence[OutputItem]) -> list[bytes]:
     assert _worker_encoder is not None, "start_output_worker did not run"
     return _worker_encoder.encode(items)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A decision and what every request decided alike shares, encoded once."""
+
+    decision: Decision
+    outcome: bytes  # the audit record's outcome fields
+    stamp: bytes | None  # the log-store stamp (R4/R7), when the decision stores
+
+
+# (request shape, controls at creation, (watermark state, misuse flag ids, deletion asked)):
+# everything a request's decision depends on, so equal keys share one ``_Decided``.
+_DecisionKey = tuple[RequestShape, DataControls, tuple[WatermarkState, tuple[str, ...], bool]]
+# Bound on remembered decisions (a few hundred bytes each); past it the memory starts again.
+_MAX_DECIDED = 50_000
 
 
 class Router:
@@ -200,6 +247,8 @@ class Router:
         }
         self._topic = {field: getattr(self.topics, field) for field in _ENCODED}
         self._topic["log_store_stamped"] = self.topics.log_store
+        self._topic["audit_decided"] = self.topics.audit
+        self._decided: dict[_DecisionKey, _Decided] = {}
         self._request_schema_id = codec("request_logs").schema_id
         codecs = {field: codec(field) for field in _ENCODED}
         self._encoder = OutputEncoder(config, codecs, redactor)
@@ -329,29 +378,65 @@ class Router:
         flags = self.holds.covering(
             request.org_id, request.api_key_id, request.request_id, request.created_at_ms, "misuse"
         )
-        facts = RoutingFacts(
-            watermark=state,
-            misuse_flag_ids=tuple(h.hold_id for h in flags),
-            deletion_requested=self.ledger.deletion_requested_at(request.org_id) is not None,
+        deletion_requested = self.ledger.deletion_requested_at(request.org_id) is not None
+        key = (
+            request_shape(request),
+            controls,
+            (state, tuple(h.hold_id for h in flags), deletion_requested),
         )
-        decision = decide_request(request, controls, facts, self.config)
+        decided = self._decided.get(key) or self._decide(key)
+        decision = decided.decision
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
-        if decision.has(Route.LOG_STORE):
+        if decided.stamp is not None:
             if raw is not None and schema_id_of(raw) == self._request_schema_id:
                 # R4: the request's own bytes plus the stamp; no re-encoding of the content
-                stamp = log_store_stamp(decision, self.config)
-                outputs.append(self._emit("log_store_stamped", request.request_id, (raw, stamp)))
+                stored: Any = (raw, decided.stamp)
+                outputs.append(self._emit("log_store_stamped", request.request_id, stored))
             else:
                 stored = log_store_record(request, decision, self.config)
                 outputs.append(self._emit("log_store", request.request_id, stored))
         if decision.has(Route.TRAINING_CANDIDATE):
-            candidate = ("request_logs", record, decision.consent_version)
+            # The request's own bytes when the offload can read them: cheaper to hand over.
+            spliceable = raw is not None and schema_id_of(raw) == self._request_schema_id
+            candidate = ("request_logs", raw if spliceable else record, decision.consent_version)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))
-        outputs.append(
-            self._audit(source, request.request_id, "request", request.org_id, decision, now)
+        subject = audit_subject(
+            job=JOB,
+            source=source,
+            subject_id=request.request_id,
+            subject_kind="request",
+            org_id=request.org_id,
+            decided_at_ms=now,
         )
+        outputs.append(self._emit("audit_decided", request.request_id, (subject, decided.outcome)))
         self._count(decision)
         return outputs
+
+    def _decide(self, key: _DecisionKey) -> _Decided:
+        """R1-R4, R7, R9, R11-R15 for one decision key (see ``RequestShape``), remembered."""
+        shape, controls, (state, flag_ids, deletion_requested) = key
+        facts = RoutingFacts(
+            watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
+        )
+        decision = decide_request_shape(shape, controls, facts, self.config)
+        outcome = audit_outcome(
+            job=JOB,
+            routes=decision.routes,
+            rule_ids=decision.rule_ids,
+            reasons=decision.reasons,
+            consent_version=decision.consent_version,
+            policy_version=self.config.policy_version,
+        )
+        stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
+        decided = _Decided(
+            decision,
+            self._encoder.outcome(outcome),
+            None if stamp is None else self._encoder.stamp(stamp),
+        )
+        if len(self._decided) >= _MAX_DECIDED:
+            self._decided.clear()
+        self._decided[key] = decided
+        return decided
 
     def _route_finetune_row(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
         row = validate_finetune_row(record)

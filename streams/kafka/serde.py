@@ -18,7 +18,7 @@ import functools
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,37 +127,77 @@ class Codec:
         return parsed
 
 
+class SplicedCodec:
+    """One contract encoded in runs of consecutive fields, joined into one record.
+
+    A record's Avro body is its fields' encodings one after the other, so runs encoded
+    separately (each with fastavro) and joined in order are the record. A job whose
+    records share a run (the router's audit records repeat the same outcome fields for
+    every request decided alike) encodes that run once and reuses it.
+    """
+
+    def __init__(self, codec: Codec, run_starts: Sequence[str]) -> None:
+        """``run_starts``: the fields that begin the second, third, ... run."""
+        schema = json.loads(codec.schema_text)
+        fields = schema["fields"]
+        names = [f["name"] for f in fields]
+        cuts = [0, *(names.index(name) for name in run_starts), len(fields)]
+        if cuts != sorted(set(cuts)):
+            raise ValueError(f"runs of {codec.subject} must be in field order, non-empty")
+        self.runs = [tuple(names[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        self._schemas = [
+            fastavro.parse_schema(
+                {**schema, "name": f"{schema['name']}Run{i}", "fields": fields[a:b]}
+            )
+            for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
+        ]
+        self._header = _HEADER.pack(MAGIC_BYTE, codec.schema_id)
+
+    def encode_run(self, index: int, record: Mapping[str, Any]) -> bytes:
+        """Run ``index`` of ``record`` (fields outside the run are ignored)."""
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self._schemas[index], record)
+        return out.getvalue()
+
+    def join(self, runs: Iterable[bytes | memoryview]) -> bytes:
+        """The framed record from the encodings of every run, in order."""
+        return self._header + b"".join(runs)
+
+
 class ExtendingCodec:
     """Encodes a record whose contract starts with every field of another contract.
 
-    Avro's binary encoding of a record is the concatenation of its fields, so a log-store
-    record (the request log's fields, then three stamped fields) is the request's own
-    body followed by the stamped fields: no need to decode and re-encode the content.
-    Used only when the request was written with exactly the base contract.
+    A log-store record (the request log's fields, then three stamped fields) is the
+    request's own body followed by the stamped fields (see ``SplicedCodec``): no need to
+    decode and re-encode the content. Used only when the request was written with exactly
+    the base contract.
     """
 
     def __init__(self, base: Codec, extended: Codec) -> None:
         base_fields = json.loads(base.schema_text)["fields"]
-        schema = json.loads(extended.schema_text)
-        fields = schema["fields"]
+        fields = json.loads(extended.schema_text)["fields"]
         head = [(f["name"], json.dumps(f["type"])) for f in fields[: len(base_fields)]]
         if head != [(f["name"], json.dumps(f["type"])) for f in base_fields]:
             raise ValueError(f"{extended.subject} does not start with {base.subject}'s fields")
-        tail = {**schema, "name": schema["name"] + "Tail", "fields": fields[len(base_fields) :]}
         self.base = base
         self.extended = extended
-        self._tail = fastavro.parse_schema(tail)
-        self._header = _HEADER.pack(MAGIC_BYTE, extended.schema_id)
+        self._runs = SplicedCodec(extended, [fields[len(base_fields)]["name"]])
 
     def encode(self, base_bytes: bytes, stamped: Mapping[str, Any]) -> bytes | None:
         """The extended record, or None when ``base_bytes`` used another writer schema."""
         if schema_id_of(base_bytes) != self.base.schema_id:
             return None
-        out = io.BytesIO()
-        out.write(self._header)
-        out.write(memoryview(base_bytes)[_HEADER.size :])
-        fastavro.schemaless_writer(out, self._tail, stamped)
-        return out.getvalue()
+        return self.join(base_bytes, self.tail(stamped))
+
+    def tail(self, stamped: Mapping[str, Any]) -> bytes:
+        """The added fields alone: a job that stamps many records alike encodes this once."""
+        return self._runs.encode_run(1, stamped)
+
+    def join(self, base_bytes: bytes, tail: bytes) -> bytes | None:
+        """The base record's bytes followed by a ``tail``; None for another writer schema."""
+        if schema_id_of(base_bytes) != self.base.schema_id:
+            return None
+        return self._runs.join((memoryview(base_bytes)[_HEADER.size :], tail))
 
 
 class Contracts:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where an input record came from: topic, partition, offset."""
+class Source(NamedTuple):
+    """Where an input record came from: topic, partition, offset.
+
+    A NamedTuple: the transactional loop builds one per consumed record.
+    """
 
     topic: str
     partition: int
@@ -43,20 +44,78 @@ def audit_record(
 ) -> dict[str, Any]:
     """R16: one decision, with the rule IDs that made it and no content."""
     return {
+        **audit_subject(
+            job=job,
+            source=source,
+            subject_id=subject_id,
+            subject_kind=subject_kind,
+            org_id=org_id,
+            decided_at_ms=decided_at_ms,
+            decision_suffix=decision_suffix,
+        ),
+        **audit_outcome(
+            job=job,
+            routes=routes,
+            rule_ids=rule_ids,
+            reasons=reasons,
+            consent_version=consent_version,
+            policy_version=policy_version,
+        ),
+    }
+
+
+def audit_subject(
+    *,
+    job: str,
+    source: Source,
+    subject_id: str,
+    subject_kind: str,
+    org_id: str | None,
+    decided_at_ms: int,
+    decision_suffix: str = "",
+) -> dict[str, Any]:
+    """The fields of an audit record that name what was decided, where and when."""
+    return {
         "decision_id": f"{job}:{source.id}{decision_suffix}",
         "subject_id": subject_id,
         "subject_kind": subject_kind,
         "org_id": org_id,
+        "decided_at_ms": decided_at_ms,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+    }
+
+
+# The fields of an audit record that ``audit_outcome`` fills: the same for every record a
+# job decides alike, so a job may encode them once per decision (the router does).
+AUDIT_OUTCOME_FIELDS = (
+    "job",
+    "routes",
+    "rule_ids",
+    "reasons",
+    "consent_version",
+    "policy_version",
+)
+
+
+def audit_outcome(
+    *,
+    job: str,
+    routes: Iterable[str],
+    rule_ids: Iterable[str],
+    reasons: Iterable[str],
+    consent_version: str,
+    policy_version: str,
+) -> dict[str, Any]:
+    """The fields of an audit record that say what was decided and by which rules."""
+    return {
         "job": job,
         "routes": sorted(routes),
         "rule_ids": sorted(set(rule_ids), key=_rule_order),
         "reasons": list(reasons),
         "consent_version": consent_version,
         "policy_version": policy_version,
-        "decided_at_ms": decided_at_ms,
-        "source_topic": source.topic,
-        "source_partition": source.partition,
-        "source_offset": source.offset,
     }
 
 

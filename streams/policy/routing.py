@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from streams.policy.config import PolicyConfig
 from streams.policy.models import (
@@ -118,10 +118,34 @@ def is_workspace_connector(name: str, config: PolicyConfig) -> bool:
     return any(marker in compact for marker in _WORKSPACE_MARKERS)
 
 
+class RequestShape(NamedTuple):
+    """All that ``decide_request`` reads of a request.
+
+    Requests of equal shape, with equal controls, facts and configuration, are routed
+    alike: the decision is computed from the shape alone, so a job may reuse it for every
+    request of that shape (the router does; most requests share a handful of shapes).
+    """
+
+    deployment: str
+    carries_content: bool
+    connectors: tuple[str, ...]
+
+
+def request_shape(request: RequestLog) -> RequestShape:
+    return RequestShape(request.deployment, request.carries_content, tuple(request.connectors))
+
+
 def decide_request(
     request: RequestLog, controls: DataControls, facts: RoutingFacts, config: PolicyConfig
 ) -> Decision:
     """Route one request log by the rules R1-R4, R7, R9, R11-R15."""
+    return decide_request_shape(request_shape(request), controls, facts, config)
+
+
+def decide_request_shape(
+    request: RequestShape, controls: DataControls, facts: RoutingFacts, config: PolicyConfig
+) -> Decision:
+    """``decide_request`` on the shape of a request (see ``RequestShape``)."""
     routes = {Route.USAGE.value}
     rules = ["R3"]  # R3: every request is counted, whatever the org's settings
     reasons: list[str] = []

@@ -803,7 +803,7 @@ def test_r13_property_other_orgs_events_never_change_an_orgs_decisions(
 ) -> None:
     """R13: adding data-control changes, misuse flags, legal holds and deletions of org B
     (interleaved anywhere, ids colliding with org A's) never changes any decision for org A."""
-    requests = [replace(r, created_at_ms=data.draw(small_times)) for r in requests]
+    requests = [r._replace(created_at_ms=data.draw(small_times)) for r in requests]
     rows = [replace(r, org_id="org-a", uploaded_at_ms=data.draw(small_times)) for r in rows]
     # Org B "echoes" of org A's own events: same ids and times, opposite intent.
     echoes = [echo_for_other_org(e, "org-b") for e in mine if not isinstance(e, tuple)]
