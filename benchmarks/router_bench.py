@@ -131,102 +131,104 @@ def main() -> None:
     args = parser.parse_args()
 
     with ExitStack() as stack:
-        bootstrap, registry_url = broker_and_registry(stack)
+        # Every client lives in measure(): gone before the broker stops, so none of them
+        # reports a refused connection at the end.
+        measure(*broker_and_registry(stack), args)
 
-        config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        ensure_topics(admin, config.topics)
-        passthrough_topic = config.topics.request_logs + ".passthrough"
-        admin.create_topics([NewTopic(passthrough_topic, 6, 1)])["" + passthrough_topic].result()
-        contracts = Contracts(registry_client(registry_url), config.topics)
-        contracts.register_all()
 
-        now = int(time.time() * 1000)
-        traffic = TrafficGenerator(start_ms=now - 3_600_000)
-        producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "batch.num.messages": 10_000,
-            }
+def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None:
+    config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ensure_topics(admin, config.topics)
+    passthrough_topic = config.topics.request_logs + ".passthrough"
+    admin.create_topics([NewTopic(passthrough_topic, 6, 1)])["" + passthrough_topic].result()
+    contracts = Contracts(registry_client(registry_url), config.topics)
+    contracts.register_all()
+
+    now = int(time.time() * 1000)
+    traffic = TrafficGenerator(start_ms=now - 3_600_000)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "batch.num.messages": 10_000,
+        }
+    )
+    controls = contracts.codec("data_controls")
+    for change in traffic.control_changes():
+        producer.produce(
+            config.topics.data_controls,
+            key=key_for("data_controls", change),
+            value=controls.encode(change),
         )
-        controls = contracts.codec("data_controls")
-        for change in traffic.control_changes():
-            producer.produce(
-                config.topics.data_controls,
-                key=key_for("data_controls", change),
-                value=controls.encode(change),
-            )
-        wm = contracts.codec("controls_watermark").encode(
-            {"watermark_ms": now, "published_at_ms": now}
+    wm = contracts.codec("controls_watermark").encode({"watermark_ms": now, "published_at_ms": now})
+    producer.produce(config.topics.controls_watermark, key="watermark", value=wm)
+    codec = contracts.codec("request_logs")
+    t0 = time.perf_counter()
+    for i in range(args.records):
+        r = traffic.request(now - 3_600_000 + i)
+        while True:
+            try:
+                producer.produce(
+                    config.topics.request_logs, key=r["request_id"], value=codec.encode(r)
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(120)
+    print(
+        f"wrote {args.records} request logs in {time.perf_counter() - t0:.1f}s "
+        f"({sys.getsizeof(codec.encode(r))} bytes each, approx.)"
+    )
+
+    base_rates: list[float] = []
+    router_rates: list[float] = []
+    cpu_rows: list[str] = []
+    timeout = max(120.0, args.records / 2000)
+    for round_ in range(args.rounds):
+        group = f"{config.topics.request_logs}.pass{round_}"
+        timed = Timed(Passthrough(contracts, passthrough_topic))
+        loop = TransactionalLoop(
+            LoopConfig(bootstrap, group, f"{group}-0", [config.topics.request_logs]), timed
         )
-        producer.produce(config.topics.controls_watermark, key="watermark", value=wm)
-        codec = contracts.codec("request_logs")
-        t0 = time.perf_counter()
-        for i in range(args.records):
-            r = traffic.request(now - 3_600_000 + i)
-            while True:
-                try:
-                    producer.produce(
-                        config.topics.request_logs, key=r["request_id"], value=codec.encode(r)
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        producer.flush(120)
+        rate, cpu = run(loop, timed, args.records, timeout)
+        base_rates.append(rate)
+        cpu_rows.append(_cpu_row("passthrough", cpu))
+
+        loop, router = build_router_loop(
+            bootstrap,
+            registry_url,
+            config,
+            group_id=f"{config.topics.request_logs}.router{round_}",
+        )
+        timed = Timed(router)
+        loop.processor = timed
+        rate, cpu = run(loop, timed, args.records, timeout)
+        router_rates.append(rate)
+        cpu_rows.append(_cpu_row("router", cpu))
         print(
-            f"wrote {args.records} request logs in {time.perf_counter() - t0:.1f}s "
-            f"({sys.getsizeof(codec.encode(r))} bytes each, approx.)"
+            f"round {round_ + 1}: passthrough {base_rates[-1]:,.0f} rec/s, "
+            f"router {router_rates[-1]:,.0f} rec/s, "
+            f"ratio {router_rates[-1] / base_rates[-1]:.2f}"
         )
+        if round_ == 0:
+            print(f"  router routes: {dict(router.stats)}")
 
-        base_rates: list[float] = []
-        router_rates: list[float] = []
-        cpu_rows: list[str] = []
-        timeout = max(120.0, args.records / 2000)
-        for round_ in range(args.rounds):
-            group = f"{config.topics.request_logs}.pass{round_}"
-            timed = Timed(Passthrough(contracts, passthrough_topic))
-            loop = TransactionalLoop(
-                LoopConfig(bootstrap, group, f"{group}-0", [config.topics.request_logs]), timed
-            )
-            rate, cpu = run(loop, timed, args.records, timeout)
-            base_rates.append(rate)
-            cpu_rows.append(_cpu_row("passthrough", cpu))
-
-            loop, router = build_router_loop(
-                bootstrap,
-                registry_url,
-                config,
-                group_id=f"{config.topics.request_logs}.router{round_}",
-            )
-            timed = Timed(router)
-            loop.processor = timed
-            rate, cpu = run(loop, timed, args.records, timeout)
-            router_rates.append(rate)
-            cpu_rows.append(_cpu_row("router", cpu))
-            print(
-                f"round {round_ + 1}: passthrough {base_rates[-1]:,.0f} rec/s, "
-                f"router {router_rates[-1]:,.0f} rec/s, "
-                f"ratio {router_rates[-1] / base_rates[-1]:.2f}"
-            )
-            if round_ == 0:
-                print(f"  router routes: {dict(router.stats)}")
-
-        base = statistics.median(base_rates)
-        routed = statistics.median(router_rates)
-        print()
-        print(f"records per run            {args.records:,}")
-        print(f"passthrough median         {base:,.0f} records/s (one worker)")
-        print(f"router median              {routed:,.0f} records/s (one worker)")
-        print(f"ratio router/passthrough   {routed / base:.2f}")
-        print(
-            f"batch {LoopConfig('', '', '', []).batch_size} records per transaction; "
-            f"router offload processes {default_redaction_processes()}"
-        )
-        print("CPU µs per record over each run (whole run, incl. start-up and group join):")
-        for row in cpu_rows:
-            print("  " + row)
+    base = statistics.median(base_rates)
+    routed = statistics.median(router_rates)
+    print()
+    print(f"records per run            {args.records:,}")
+    print(f"passthrough median         {base:,.0f} records/s (one worker)")
+    print(f"router median              {routed:,.0f} records/s (one worker)")
+    print(f"ratio router/passthrough   {routed / base:.2f}")
+    print(
+        f"batch {LoopConfig('', '', '', []).batch_size} records per transaction; "
+        f"router offload processes {default_redaction_processes()}"
+    )
+    print("CPU µs per record over each run (whole run, incl. start-up and group join):")
+    for row in cpu_rows:
+        print("  " + row)
 
 
 def _cpu_row(name: str, cpu: dict[str, float]) -> str:

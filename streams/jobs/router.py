@@ -232,9 +232,9 @@ class Router:
         self.clock = clock
         self.ledger = DataControlsLedger(config.defaults)
         self.holds = HoldIndex()
-        # Per decision shape (routes, rule ids): one cheap count per record on the hot path,
+        # Per decision outcome (routes, rule ids): one cheap count per record on the hot path,
         # expanded into per-route and per-rule counts only when asked (stats, rules).
-        self._shapes: Counter[tuple[frozenset[str], tuple[str, ...]]] = Counter()
+        self._outcomes: Counter[tuple[frozenset[str], tuple[str, ...]]] = Counter()
         self.inputs: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.metrics = metrics
@@ -386,19 +386,20 @@ class Router:
         )
         decided = self._decided.get(key) or self._decide(key)
         decision = decided.decision
+        # The request's bytes when written with this router's contract: the log store
+        # splices them (R4: no re-encoding of the content) and the offload reads them
+        # (cheaper to hand over than the decoded record).
+        own = raw if raw is not None and schema_id_of(raw) == self._request_schema_id else None
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
         if decided.stamp is not None:
-            if raw is not None and schema_id_of(raw) == self._request_schema_id:
-                # R4: the request's own bytes plus the stamp; no re-encoding of the content
-                stored: Any = (raw, decided.stamp)
-                outputs.append(self._emit("log_store_stamped", request.request_id, stored))
+            if own is not None:
+                stamped = (own, decided.stamp)
+                outputs.append(self._emit("log_store_stamped", request.request_id, stamped))
             else:
                 stored = log_store_record(request, decision, self.config)
                 outputs.append(self._emit("log_store", request.request_id, stored))
         if decision.has(Route.TRAINING_CANDIDATE):
-            # The request's own bytes when the offload can read them: cheaper to hand over.
-            spliceable = raw is not None and schema_id_of(raw) == self._request_schema_id
-            candidate = ("request_logs", raw if spliceable else record, decision.consent_version)
+            candidate = ("request_logs", own or record, decision.consent_version)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))
         subject = audit_subject(
             job=JOB,
@@ -531,7 +532,7 @@ class Router:
             rule_ids=rule_ids,
         )
         self.dead_letters[error_class] += 1
-        self._shapes[frozenset({Route.DEAD_LETTER.value}), rule_ids] += 1
+        self._outcomes[frozenset({Route.DEAD_LETTER.value}), rule_ids] += 1
         log.warning("dead letter %s: %s", source.id, reason)
         return [
             self._emit("dead_letters", source.id, letter),
@@ -539,13 +540,13 @@ class Router:
         ]
 
     def _count(self, decision: Decision) -> None:
-        self._shapes[decision.routes, decision.rule_ids] += 1
+        self._outcomes[decision.routes, decision.rule_ids] += 1
 
     @property
     def stats(self) -> Counter[str]:
         """Decisions, and records per route."""
         stats: Counter[str] = Counter()
-        for (routes, _), n in self._shapes.items():
+        for (routes, _), n in self._outcomes.items():
             stats["decisions"] += n
             for route in routes:
                 stats[route] += n
@@ -555,7 +556,7 @@ class Router:
     def rules(self) -> Counter[str]:
         """Decisions per rule id."""
         rules: Counter[str] = Counter()
-        for (_, rule_ids), n in self._shapes.items():
+        for (_, rule_ids), n in self._outcomes.items():
             for rule in rule_ids:
                 rules[rule] += n
         return rules

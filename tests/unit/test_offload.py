@@ -22,6 +22,7 @@ from streams.kafka.transactional import Output
 from streams.policy.config import PolicyConfig
 from streams.policy.models import ControlsWatermark, DataControlChange
 from streams.traffic import TrafficGenerator
+from tests.unit.fakes import FakeMessage
 
 SECRET = "jane.doe@example.com"
 _factor = 0
@@ -115,26 +116,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _Message:
-    def __init__(self, topic: str, offset: int, value: bytes) -> None:
-        self._topic, self._offset, self._value = topic, offset, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return None
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def _routed(redaction_processes: int) -> list[tuple[str, bytes | None]]:
     config = PolicyConfig().with_topics_prefix("offload.")
     contracts = Contracts(registry_client(f"mock://offload-{uuid.uuid4().hex}"), config.topics)
@@ -150,7 +131,8 @@ def _routed(redaction_processes: int) -> list[tuple[str, bytes | None]]:
     try:
         for i in range(400):
             value = codec.encode(traffic.request(now - 3_600_000 + i))
-            outputs.extend(router.process(_Message(config.topics.request_logs, i, value)) or [])
+            message = FakeMessage(config.topics.request_logs, 0, i, None, value)
+            outputs.extend(router.process(message) or [])  # type: ignore[arg-type]
         return [
             (
                 o.topic,

@@ -29,28 +29,9 @@ from streams.policy.routing import (
     watermark_state,
 )
 from streams.traffic import TrafficGenerator
+from tests.unit.fakes import FakeMessage
 
 NOW = 1_800_000_000_000
-
-
-class _Message:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
-        self._topic, self._partition, self._offset, self._value = topic, partition, offset, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return None
-
-    def value(self) -> bytes:
-        return self._value
 
 
 def _contracts(config: PolicyConfig) -> Contracts:
@@ -158,7 +139,8 @@ def test_remembered_decisions_give_the_outputs_of_a_fresh_decision_R16_R4_R9() -
         source = Source(config.topics.request_logs, i % 6, i)
         value = codec.encode(record)
         expected = _expected(router, contracts, redactor, source, record)
-        outputs = router.process(_Message(source.topic, source.partition, source.offset, value))
+        message = FakeMessage(source.topic, source.partition, source.offset, None, value)
+        outputs = router.process(message)  # type: ignore[arg-type]
         assert outputs is not None
         got = [(o.topic, o.value) for o in outputs]
         assert got == expected, f"request {i}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import urllib.request
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -47,6 +47,7 @@ from streams.policy.usage import (
     validate_usage_event,
     window_start,
 )
+from tests.unit.fakes import FakeMessage
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % HOUR_MS  # an hour boundary
 CONFIG = PolicyConfig()
@@ -287,30 +288,6 @@ def test_R3_seen_key_round_trip() -> None:
 
 
 # --- the usage processor on fake messages -------------------------------------------------------
-@dataclass
-class FakeMessage:
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes | None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-
 @pytest.fixture()
 def processor() -> UsageProcessor:
     config = PolicyConfig().with_topics_prefix("unit.")
