@@ -414,6 +414,31 @@ def test_r11_unicode_digit_address_is_redacted() -> None:
     assert R.redact("i live at ٤٢ elm street, springfield").text == "i live at [STREET_ADDRESS]"
 
 
+MONTH_LIKE_TEXTS = [
+    "Tuesday, 14 March 2024 at 10:30", "on 3 MAY 2021 in", "14 Mar. Street 5", "14 Marc Street 5",
+    "20789 Mayer Allee 46", "12 Ma. Oak 5", "12 Juni 4", "12 Jun 4", "12 Junction 4",
+    "12 Sept 2024", "12 Septa Lane 4", "12 Dec Road 4", "12 Décor 4", "12 Maß 4", "12 M 4",
+    "12 Augusta 7", "12 August 7", "12 Ap'ril 7", "12 April. Oak 7", "12 Noël 5", "12 Nov 5",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", MONTH_LIKE_TEXTS)
+def test_r11_sandwich_trigger_skips_only_month_names(text: str) -> None:
+    """R11 pre-filter: the "number word number" trigger does not fire on "14 March 2024" (the
+    finder skips month names) but still covers every other first word."""
+    for variant in (text, f"Lives at:\n{text}\nSpringfield"):
+        expected = UNFILTERED.detect(variant)
+        for redactor in ENGINE_REDACTORS:
+            assert redactor.detect(variant) == expected, redactor.engine
+
+
+def test_r11_sandwich_trigger_is_quiet_on_dates() -> None:
+    """R11 speed: a date in prose runs no address finder (only the name lexicon gate)."""
+    text = "The meeting is scheduled for Tuesday, 14 March 2024 at 10:30 in Building B."
+    assert R._engine.fired(text) == set()
+    assert R.redact(text).text == text
+
+
 def test_r11_trigger_digit_covers_every_unicode_decimal() -> None:
     """R11: the triggers' DIGIT class is exactly Python's ``\\d`` for str on this Python."""
     every = "".join(map(chr, range(sys.maxunicode + 1)))

@@ -128,14 +128,23 @@ class Redactor:
         self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS
         triggers: list[Trigger] = []
         owners: list[int] = []
+        local: list[int] = []  # a trigger's index among its detector's triggers
         for index, detector in enumerate(self._detectors):
             triggers.extend(detector.triggers)
             owners.extend([index] * len(detector.triggers))
+            local.extend(range(len(detector.triggers)))
         triggers.extend(_NAME_TRIGGERS)
         owners.extend([_NAMES] * len(_NAME_TRIGGERS))
         triggers.append(NO_CAPITALS)
         owners.append(_NO_CAPITALS)
         self._owners = tuple(owners)
+        # Detectors that skip the regexes whose trigger did not fire: global trigger index ->
+        # its index in the detector, for the triggers of such detectors only.
+        self._local = {
+            i: local[i]
+            for i, owner in enumerate(owners)
+            if owner >= 0 and self._detectors[owner].find_fired is not None
+        }
         self._gates = tuple((i, d.gate) for i, d in enumerate(self._detectors) if d.gate)
         self._everything = frozenset(range(len(self._detectors)))
         self._quiet = frozenset({owners.index(_NO_CAPITALS)})  # subsets: no detector fired
@@ -174,7 +183,12 @@ class Redactor:
             low = None
         spans: list[Span] = []
         for index in sorted(owners):
-            spans.extend(self._detectors[index].find(text, low))
+            detector = self._detectors[index]
+            if fired is not None and detector.find_fired is not None:
+                mine = frozenset(self._local[i] for i in fired if self._owners[i] == index)
+                spans.extend(detector.find_fired(text, low, mine))
+            else:
+                spans.extend(detector.find(text, low))
         # Names are cut at the other spans, as a second pass would see them (placeholders).
         blocked = [(s, e) for s, e, _ in spans]
         if cue or lexicon:

@@ -229,11 +229,22 @@ def _core_span(text: str, m: re.Match[str]) -> Span | None:
     return (m.start(), m.end(), STREET_ADDRESS) if _free_start(text, m.start()) else None
 
 
+# Parts that stand for one regex of a family ("suffix" runs both): each has its own trigger.
+_ONE_REGEX: dict[str, tuple[str, int]] = {
+    "suffix_number_first": ("suffix", 0),
+    "suffix_name_first": ("suffix", 1),
+    "prefix_word_first": ("prefix", 0),
+    "prefix_number_first": ("prefix", 1),
+}
+
+
 def _cores(part: str, text: str, lowered: str, pats: _Patterns) -> list[tuple[int, int]]:
     strict = pats is _LOWER
     cores: list[tuple[int, int]] = []
-    if part in ("suffix", "prefix", "unit"):
-        for rx in getattr(pats, part):
+    if part in ("suffix", "prefix", "unit") or part in _ONE_REGEX:
+        family, index = _ONE_REGEX.get(part, (part, -1))
+        regexes: tuple[re.Pattern[str], ...] = getattr(pats, family)
+        for rx in regexes if index < 0 else regexes[index : index + 1]:
             found = scan(rx, text, lambda m: _core_span(text, m))
             cores.extend((a, b) for a, b, _ in found)
     elif part == "attached":
@@ -300,23 +311,41 @@ def _cue_ends(lowered: str) -> list[int]:
 _PARTS = ("suffix", "prefix", "attached", "unit", "state", "sandwich", "cue", "corner")
 
 
+def _find(text: str, low: str | None, parts: tuple[str, ...], lower_case: bool) -> list[Span]:
+    if lower_case and not text.islower():
+        return []
+    pats = _LOWER if lower_case else _NORMAL
+    lowered = low if low is not None and len(low) == len(text) else text.lower()
+    cores = sorted(c for part in parts for c in _cores(part, text, lowered, pats))
+    if not cores:
+        return []
+    grown: list[tuple[int, int]] = []
+    for core in cores:
+        if grown and core[1] <= grown[-1][1]:
+            continue  # inside an address already grown (keeps long inputs linear)
+        grown.append(_grow(text, core, pats))
+    return [(s, e, STREET_ADDRESS) for s, e in _merge(grown)]
+
+
 def _finder(parts: tuple[str, ...], lower_case: bool) -> Callable[[str, str | None], list[Span]]:
     def find(text: str, low: str | None) -> list[Span]:
-        if lower_case and not text.islower():
-            return []
-        pats = _LOWER if lower_case else _NORMAL
-        lowered = low if low is not None and len(low) == len(text) else text.lower()
-        cores = sorted(c for part in parts for c in _cores(part, text, lowered, pats))
-        if not cores:
-            return []
-        grown: list[tuple[int, int]] = []
-        for core in cores:
-            if grown and core[1] <= grown[-1][1]:
-                continue  # inside an address already grown (keeps long inputs linear)
-            grown.append(_grow(text, core, pats))
-        return [(s, e, STREET_ADDRESS) for s, e in _merge(grown)]
+        return _find(text, low, parts, lower_case)
 
     return find
+
+
+def _fired_finder(
+    parts_per_trigger: tuple[tuple[str, ...], ...],
+) -> Callable[[str, str | None, frozenset[int]], list[Span]]:
+    """``Detector.find_fired``: only the parts whose trigger fired (``parts_per_trigger[i]``
+    for trigger ``i``). The cores are sorted before growing, so the result is the same as
+    with every part: a skipped part has no core."""
+
+    def find_fired(text: str, low: str | None, fired: frozenset[int]) -> list[Span]:
+        parts = tuple(p for i, ps in enumerate(parts_per_trigger) if i in fired for p in ps)
+        return _find(text, low, parts, False) if parts else []
+
+    return find_fired
 
 
 def find_addresses(text: str, low: str | None) -> list[Span]:
@@ -337,24 +366,60 @@ _PREFIX_ALT = (
     + r"|C/|[Rr]\.|[Aa]l\.|[Pp]l\.|[Pp]lace|[Rr]oute|[Pp]assage|[Rr])"
 )
 _PREFIX_BARE_ALT = "(?:" + _alt(_PREFIX_WORDS, cap=None) + r"|C/|R\.|ul\.)"
+_ASCII_NON_LETTER = r"\x00-\x40\x5b-\x60\x7b-\x7f"
+
+
+def _not_a_month(prefix: str = "") -> str:
+    r"""Trigger text for the rest of a word that starts with the ASCII letters ``prefix`` (of
+    a month name, either case) and is not a month: the sandwich finder skips "14 March 2024"
+    (a date), the commonest sandwich in prose, so its trigger need not fire on it. The
+    finder's word is a run of letters compared lower-cased with _MONTHS (only ASCII letters
+    lower-case to a month's letters); here: any other letter or any non-ASCII character (it
+    may be a letter) leaves the months; an ASCII non-letter ends the letters, a month only
+    after a full month name. Every branch then takes the rest of the word as the old trigger
+    did (``[^\s0-9]*``), so the trigger only misses texts whose first word is a month."""
+    depth = len(prefix)
+    children = sorted({m[depth] for m in _MONTHS if len(m) > depth and m.startswith(prefix)})
+    cases = "".join(c + c.upper() for c in children)
+    alts = [f"[^{_ASCII_NON_LETTER}{cases}][^\\s0-9]*"]
+    alts += [f"[{c.upper()}{c}]" + _not_a_month(prefix + c) for c in children]
+    if prefix not in _MONTHS:
+        alts.append(f"(?:[{_ASCII_NON_LETTER}][^\\s0-9]*)?")
+    return "(?:" + "|".join(alts) + ")"
+
+
+# The first word of a sandwich: as "[^\s0-9a-z][^\s0-9]*", but not a month.
+_MONTH_INITIALS = "".join(sorted({m[0].upper() for m in _MONTHS}))
+_SANDWICH_FIRST = (
+    f"(?:[^\\s0-9a-z{_MONTH_INITIALS}][^\\s0-9]*"
+    + "".join(f"|{c}" + _not_a_month(c.lower()) for c in _MONTH_INITIALS)
+    + ")"
+)
 # Engine triggers (supersets of the cores, see _engine): one detector per family of rules so
-# that a trigger only runs the regexes it stands for.
+# that a trigger only runs the regexes it stands for; the suffix and prefix families have one
+# trigger per regex (``find_fired``: "The Amazon River" fires the number-first one only).
 DETECTORS: tuple[Detector, ...] = (
     Detector(
         "address_suffix",
         (
+            # suffix[0]: its last house number ("12", "12a", "3/4b"), 1-4 words, street type.
             _T(_D + r"[A-Za-z]?[ ]+(?:[^\s0-9]+[ ]+){0,4}" + _SUFFIX_ALT + _END),
+            # suffix[1]: the space before the street type, the type, the number.
             _T(r"[ ]" + _SUFFIX_ALT + r"\.?[ ]+" + _D),
         ),
         _finder(("suffix",), False),
+        find_fired=_fired_finder((("suffix_number_first",), ("suffix_name_first",))),
     ),
     Detector(
         "address_prefix",
         (
+            # prefix[0]: an accepted core starts after a non-word character (_free_start).
             _T(_START + _PREFIX_BARE_ALT + r"\.?[ ]"),
+            # prefix[1]: its last house number, the street-type prefix.
             _T(_D + r"[A-Za-z]?[ ]+" + _PREFIX_ALT + r"\.?" + _END),
         ),
         _finder(("prefix",), False),
+        find_fired=_fired_finder((("prefix_word_first",), ("prefix_number_first",))),
     ),
     Detector(
         "address_attached",
@@ -380,7 +445,7 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "address_sandwich",
-        (_T(r"[0-9][ ]+[^\s0-9a-z][^\s0-9]*(?:[ ]+[^\s0-9]+){0,3}[ ]+" + _D),),
+        (_T(r"[0-9][ ]+" + _SANDWICH_FIRST + r"(?:[ ]+[^\s0-9]+){0,3}[ ]+" + _D),),
         _finder(("sandwich",), False),
     ),
     Detector(

@@ -68,6 +68,10 @@ class Re2SetEngine:
         for t in triggers:
             self._set.Add(("(?i)" if t.caseless else "") + t.pattern)
         self._set.Compile()
+        # The wrapper's ``Match`` checks the type and encodes through a helper on every call;
+        # ``fired`` encodes itself, so call the binding's ``RE2::Set`` directly (it takes
+        # bytes; the wrapper's does too, should a later google-re2 rename the attribute).
+        self._match = getattr(self._set, "_set", self._set).Match
         # RE2::Set::Match answers "no match" when its DFA cannot get memory (the Python
         # binding hides the error). It never bails out for being slow (kManyMatch), so the
         # only realistic failure is a budget too small for the pattern set, which would show
@@ -78,9 +82,10 @@ class Re2SetEngine:
 
     def fired(self, text: str) -> set[int] | None:
         try:
-            hits = self._set.Match(text)
+            data = text.encode("utf-8")
         except UnicodeEncodeError:
             return None
+        hits = self._match(data)
         return set(hits) if hits else set()
 
 

@@ -89,6 +89,11 @@ class Detector:
     # A Python test that must also pass once a trigger fired, for what a trigger cannot say
     # ("the text is all lower case"); triggers first, so it only costs on texts that fire.
     gate: Callable[[str], bool] | None = None
+    # ``find`` told which of ``triggers`` fired (their indices), for a detector whose
+    # triggers each stand for some of its regexes: a regex whose trigger did not fire cannot
+    # match, so it is not run (a whole-text regex costs ~30-60 µs per KB). Used whenever the
+    # engine can tell (not with the "none" engine).
+    find_fired: Callable[[str, str | None, frozenset[int]], list[Span]] | None = None
 
 
 def scan(
