@@ -11,6 +11,7 @@ router/passthrough ratio, and CPU per record of the worker process, its offload
 processes and the broker (on a 2-core machine they all share the same cores).
 
     .venv/bin/python benchmarks/router_bench.py [--records 200000] [--rounds 3]
+        [--redaction-processes 1,2]   # compare offload process counts in the same run
 
 Not a test: the machine is noisy, so read the medians and the ratio.
 """
@@ -128,6 +129,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--redaction-processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="offload process counts to compare in each round, e.g. 1,2 "
+        "(default: the router's default)",
+    )
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -182,8 +189,9 @@ def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None
         f"({sys.getsizeof(codec.encode(r))} bytes each, approx.)"
     )
 
+    settings = args.redaction_processes or [default_redaction_processes()]
     base_rates: list[float] = []
-    router_rates: list[float] = []
+    router_rates: dict[int, list[float]] = {n: [] for n in settings}
     cpu_rows: list[str] = []
     timeout = max(120.0, args.records / 2000)
     for round_ in range(args.rounds):
@@ -195,37 +203,37 @@ def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None
         rate, cpu = run(loop, timed, args.records, timeout)
         base_rates.append(rate)
         cpu_rows.append(_cpu_row("passthrough", cpu))
-
-        loop, router = build_router_loop(
-            bootstrap,
-            registry_url,
-            config,
-            group_id=f"{config.topics.request_logs}.router{round_}",
-        )
-        timed = Timed(router)
-        loop.processor = timed
-        rate, cpu = run(loop, timed, args.records, timeout)
-        router_rates.append(rate)
-        cpu_rows.append(_cpu_row("router", cpu))
-        print(
-            f"round {round_ + 1}: passthrough {base_rates[-1]:,.0f} rec/s, "
-            f"router {router_rates[-1]:,.0f} rec/s, "
-            f"ratio {router_rates[-1] / base_rates[-1]:.2f}"
-        )
-        if round_ == 0:
-            print(f"  router routes: {dict(router.stats)}")
+        line = f"round {round_ + 1}: passthrough {rate:,.0f} rec/s"
+        for processes in settings:
+            loop, router = build_router_loop(
+                bootstrap,
+                registry_url,
+                config,
+                group_id=f"{config.topics.request_logs}.router{round_}.{processes}",
+                redaction_processes=processes,
+            )
+            timed = Timed(router)
+            loop.processor = timed
+            rate, cpu = run(loop, timed, args.records, timeout)
+            router_rates[processes].append(rate)
+            cpu_rows.append(_cpu_row(f"router/{processes}", cpu))
+            line += f", router/{processes} {rate:,.0f} rec/s (ratio {rate / base_rates[-1]:.2f})"
+            if round_ == 0 and processes == settings[0]:
+                print(f"  router routes: {dict(router.stats)}")
+        print(line)
 
     base = statistics.median(base_rates)
-    routed = statistics.median(router_rates)
     print()
     print(f"records per run            {args.records:,}")
     print(f"passthrough median         {base:,.0f} records/s (one worker)")
-    print(f"router median              {routed:,.0f} records/s (one worker)")
-    print(f"ratio router/passthrough   {routed / base:.2f}")
-    print(
-        f"batch {LoopConfig('', '', '', []).batch_size} records per transaction; "
-        f"router offload processes {default_redaction_processes()}"
-    )
+    for processes, rates in router_rates.items():
+        routed = statistics.median(rates)
+        print(
+            f"router median              {routed:,.0f} records/s (one worker, "
+            f"{processes} offload processes)"
+        )
+        print(f"ratio router/passthrough   {routed / base:.2f}")
+    print(f"batch {LoopConfig('', '', '', []).batch_size} records per transaction")
     print("CPU µs per record over each run (whole run, incl. start-up and group join):")
     for row in cpu_rows:
         print("  " + row)
