@@ -377,11 +377,8 @@ class Router:
             request.org_id, request.api_key_id, request.request_id, request.created_at_ms, "misuse"
         )
         deletion_requested = self.ledger.deletion_requested_at(request.org_id) is not None
-        key = (
-            request_shape(request),
-            controls,
-            (state, tuple(h.hold_id for h in flags), deletion_requested),
-        )
+        flag_ids = tuple([h.hold_id for h in flags]) if flags else ()
+        key = (request_shape(request), controls, (state, flag_ids, deletion_requested))
         decided = self._decided.get(key) or self._decide(key)
         decision = decided.decision
         # The request's bytes when written with this router's contract: the log store
