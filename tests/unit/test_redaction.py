@@ -464,6 +464,50 @@ def test_r11_property_engines_are_exact_with_unicode_digits(
 # ---------------------------------------------------------------- speed guard
 
 
+# Address-phrase and phone-word triggers count words (or nothing) instead of a window of
+# characters (``_address``, ``_detectors``): the finders' limits must still be covered.
+CUE_WINDOW_TEXTS = [
+    "lives at Foo Bar Baz Qux 77", "lives at Foo Bar Baz Qux Quux 77", "lives at 12 Elm Street",
+    "Address:\n  The Old Mill 42", "meet me at Rua Diadema 1903 tomorrow", "go to A B C D E F 9",
+    "She lives at İnönü Caddesi 12", "İ lives at Foo Bar 12", "lives at Foo\u00a0Bar 12",
+    "LIVES AT FOO BAR 12", "lives at Foo  Bar   12", "lives at Foo\tBar 12",
+    "call me, the number is, as I said a few lines above, 555 123 4567",
+    "phone" + " x" * 40 + " 555 123 4567", "tel 5 then 555 123 4567", "Call 4155550199 now",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", CUE_WINDOW_TEXTS)
+def test_r11_engines_agree_on_cue_windows(text: str) -> None:
+    """R11 fail-closed pre-filter: every engine matches ``none`` around the word limits."""
+    expected = UNFILTERED.redact(text)
+    for name in ENGINES:
+        try:
+            redactor = Redactor(engine=name)
+        except ImportError:  # hyperscan is optional
+            continue
+        assert redactor.redact(text) == expected, name
+
+
+def test_r11_short_texts_are_cached_exactly_and_boundedly() -> None:
+    """Short texts (metadata keys and values) are remembered: the same result as computing
+    it, and the cache stays bounded."""
+    from streams.policy.redaction import _CACHE_SIZE
+
+    r = Redactor()
+    for text in ("demo", "Demo", "app-7", "apt5", "Jane Doe", "jane@example.com", "", "42"):
+        first = r.redact(text)
+        assert first == r._redact(text) == UNFILTERED._redact(text)
+        assert r.redact(text) is first
+    assert r.redact("apt5").text == placeholder(STREET_ADDRESS)
+    assert r.redact("Demo").text == placeholder(PERSON)  # a surname
+    for i in range(_CACHE_SIZE + 10):
+        r.redact(f"value-{i}")
+    assert len(r._short) <= _CACHE_SIZE
+    long_text = "x" * 100
+    r.redact(long_text)
+    assert long_text not in r._short
+
+
 def test_r11_typical_pair_is_fast_enough() -> None:
     """R11 speed guard (loose, CI machines are shared): a ~1.3 KB prompt + generation pair
     without personal data costs well under a millisecond of CPU on average."""

@@ -101,6 +101,11 @@ _MAX_PASSES = 8
 _PERSON_IF_CONTACT = PERSON + "?"
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(LABELS) + r")\]")
 _EMPTY: Mapping[str, int] = types.MappingProxyType({})
+# Results for short texts are remembered: metadata keys and values ("app", "demo", "eu-west-1")
+# repeat on every record, and a short text can still cost a full name or address analysis
+# ("Demo" is a surname). Bounded: at most _CACHE_SIZE texts of _CACHE_MAX_LEN characters.
+_CACHE_MAX_LEN = 64
+_CACHE_SIZE = 4096
 
 
 def placeholder(label: str) -> str:
@@ -150,6 +155,9 @@ class Redactor:
         self._quiet = frozenset({owners.index(_NO_CAPITALS)})  # subsets: no detector fired
         self._engine: Engine = build_engine(engine, triggers)
         self.engine = self._engine.name
+        # Short text -> its Redaction (immutable, so shared). A plain dict: get and set are
+        # atomic, and clearing it when full keeps it bounded without bookkeeping per hit.
+        self._short: dict[str, Redaction] = {}
 
     # ------------------------------------------------------------------ detection
     def detect(self, text: str) -> list[Span]:
@@ -207,6 +215,17 @@ class Redactor:
         a candidate rejected because it was glued to another one ("42 Elm Street494-33-0748")
         is found once its neighbour is a placeholder, so redacting the output again changes
         nothing. Text without personal information is scanned once."""
+        if len(text) <= _CACHE_MAX_LEN and type(text) is str:
+            cached = self._short.get(text)
+            if cached is None:
+                cached = self._redact(text)
+                if len(self._short) >= _CACHE_SIZE:
+                    self._short.clear()
+                self._short[text] = cached
+            return cached
+        return self._redact(text)
+
+    def _redact(self, text: str) -> Redaction:
         spans = self.detect(text)
         if not spans:  # the common case: no counts to build
             return Redaction(text, _EMPTY)

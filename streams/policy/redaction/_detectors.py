@@ -587,8 +587,12 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "phone_context",
         (
+            # The finder wants the cue at most ~32 characters before the number; unbounded
+            # here ("[^0-9]*", a digit ends it) because a DFA tracks a bounded window as the
+            # set of offsets of every cue in it: with the other triggers, RE2::Set then built
+            # new DFA states on most unseen texts. Fires slightly more often; same output.
             _T(
-                r"(?:" + _PHONE_CUES + r")[^0-9]{0,32}[0-9](?:[ ().-]{0,2}[0-9]){6}",
+                r"(?:" + _PHONE_CUES + r")[^0-9]*[0-9](?:[ ().-]{0,2}[0-9]){6}",
                 caseless=True,
             ),
             _T(
