@@ -40,7 +40,6 @@ from streams.policy.audit import (
     AUDIT_OUTCOME_FIELDS,
     Source,
     audit_outcome,
-    audit_record,
     audit_subject,
     dead_letter_decision,
 )
@@ -381,13 +380,11 @@ class Router:
         key = (request_shape(request), controls, (state, flag_ids, deletion_requested))
         decided = self._decided.get(key) or self._decide(key)
         decision = decided.decision
-        # The request's bytes when written with this router's contract: the log store
-        # splices them (R4: no re-encoding of the content).
-        own = raw if raw is not None and schema_id_of(raw) == self._request_schema_id else None
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
         if decided.stamp is not None:
-            if own is not None:
-                stamped = (own, decided.stamp)
+            if raw is not None and schema_id_of(raw) == self._request_schema_id:
+                # R4: the request's own bytes plus the stamp; no re-encoding of the content
+                stamped = (raw, decided.stamp)
                 outputs.append(self._emit("log_store_stamped", request.request_id, stamped))
             else:
                 stored = log_store_record(request, decision, self.config)
@@ -397,15 +394,9 @@ class Router:
             # bytes again (benchmarks/router_bench.py measured less CPU per record in all).
             candidate = ("request_logs", record, decision.consent_version)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))
-        subject = audit_subject(
-            job=JOB,
-            source=source,
-            subject_id=request.request_id,
-            subject_kind="request",
-            org_id=request.org_id,
-            decided_at_ms=now,
+        outputs.append(
+            self._audit(source, request.request_id, "request", request.org_id, decided.outcome, now)
         )
-        outputs.append(self._emit("audit_decided", request.request_id, (subject, decided.outcome)))
         self._count(decision)
         return outputs
 
@@ -416,18 +407,10 @@ class Router:
             watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
         )
         decision = decide_request_shape(shape, controls, facts, self.config)
-        outcome = audit_outcome(
-            job=JOB,
-            routes=decision.routes,
-            rule_ids=decision.rule_ids,
-            reasons=decision.reasons,
-            consent_version=decision.consent_version,
-            policy_version=self.config.policy_version,
-        )
         stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
         decided = _Decided(
             decision,
-            self._encoder.outcome(outcome),
+            self._outcome(decision),
             None if stamp is None else self._encoder.stamp(stamp),
         )
         if len(self._decided) >= _MAX_DECIDED:
@@ -455,7 +438,8 @@ class Router:
         if decision.has(Route.TRAINING_CANDIDATE):
             candidate = ("finetune_rows", record, decision.consent_version)
             outputs.append(self._emit("training_candidates", row.row_id, candidate))
-        outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, decision, now))
+        outcome = self._outcome(decision)
+        outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, outcome, now))
         self._count(decision)
         return outputs
 
@@ -470,29 +454,37 @@ class Router:
             return Output(self._topic[field], key, self._offload.submit((field, payload)))
         return Output(self._topic[field], key, self._encoder.encode_one(field, payload))
 
+    def _outcome(self, decision: Decision) -> bytes:
+        """R16: the audit fields a decision fixes (routes, rules, reasons, versions), encoded."""
+        outcome = audit_outcome(
+            job=JOB,
+            routes=decision.routes,
+            rule_ids=decision.rule_ids,
+            reasons=decision.reasons,
+            consent_version=decision.consent_version,
+            policy_version=self.config.policy_version,
+        )
+        return self._encoder.outcome(outcome)
+
     def _audit(
         self,
         source: Source,
         subject_id: str,
         kind: str,
         org_id: str | None,
-        decision: Decision,
+        outcome: bytes,
         now: int,
     ) -> Output:
-        record = audit_record(
+        """R16: one audit record, a decision's encoded ``outcome`` joined to its subject."""
+        subject = audit_subject(
             job=JOB,
             source=source,
             subject_id=subject_id,
             subject_kind=kind,
             org_id=org_id,
-            routes=decision.routes,
-            rule_ids=decision.rule_ids,
-            reasons=decision.reasons,
-            consent_version=decision.consent_version,
-            policy_version=self.config.policy_version,
             decided_at_ms=now,
         )
-        return self._emit("audit", subject_id, record)
+        return self._emit("audit_decided", subject_id, (subject, outcome))
 
     def _dead_letter(
         self,

@@ -17,14 +17,17 @@ from streams.kafka.serde import Contracts, SplicedCodec, registry_client
 from streams.policy.audit import AUDIT_OUTCOME_FIELDS, Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag
-from streams.policy.models import ControlsWatermark, DataControlChange, Route
+from streams.policy.models import ControlsWatermark, DataControlChange, Decision, Route
 from streams.policy.redaction import Redactor
 from streams.policy.routing import (
     RoutingFacts,
+    WatermarkState,
+    decide_finetune_row,
     decide_request,
     log_store_record,
     training_candidate,
     usage_event,
+    validate_finetune_row,
     validate_request,
     watermark_state,
 )
@@ -38,6 +41,25 @@ def _contracts(config: PolicyConfig) -> Contracts:
     contracts = Contracts(registry_client(f"mock://outputs-{uuid.uuid4().hex}"), config.topics)
     contracts.register_all()
     return contracts
+
+
+def _full_audit(
+    source: Source, subject_id: str, kind: str, org_id: str, decision: Decision
+) -> dict[str, Any]:
+    """The audit record of one decision, built whole by the policy function."""
+    return audit_record(
+        job="router",
+        source=source,
+        subject_id=subject_id,
+        subject_kind=kind,
+        org_id=org_id,
+        routes=decision.routes,
+        rule_ids=decision.rule_ids,
+        reasons=decision.reasons,
+        consent_version=decision.consent_version,
+        policy_version=PolicyConfig().policy_version,
+        decided_at_ms=NOW,
+    )
 
 
 def _expected(
@@ -70,19 +92,7 @@ def _expected(
     if decision.has(Route.TRAINING_CANDIDATE):
         candidate = training_candidate(request, decision.consent_version, redactor, config)
         expected.append((t.training_candidates, codec("training_candidates").encode(candidate)))
-    audit = audit_record(
-        job="router",
-        source=source,
-        subject_id=request.request_id,
-        subject_kind="request",
-        org_id=request.org_id,
-        routes=decision.routes,
-        rule_ids=decision.rule_ids,
-        reasons=decision.reasons,
-        consent_version=decision.consent_version,
-        policy_version=config.policy_version,
-        decided_at_ms=NOW,
-    )
+    audit = _full_audit(source, request.request_id, "request", request.org_id, decision)
     expected.append((t.audit, codec("audit").encode(audit)))
     return expected
 
@@ -146,6 +156,39 @@ def test_remembered_decisions_give_the_outputs_of_a_fresh_decision_R16_R4_R9() -
         assert got == expected, f"request {i}"
         decisions.add(tuple(t for t, _ in got))
     assert len(decisions) >= 3  # usage only, log store, log store + candidate at least
+
+
+def test_fine_tune_rows_audit_equals_a_full_encode_R10_R16() -> None:
+    """R10/R16: the audit record of a fine-tune row (its outcome encoded apart and joined to
+    its subject) is byte for byte the full record of that row's decision."""
+    config = PolicyConfig()
+    contracts = _contracts(config)
+    router = Router(config, contracts, clock=lambda: NOW)
+    router.ledger.advance_watermark(ControlsWatermark(watermark_ms=NOW, published_at_ms=NOW))
+    codec = contracts.codec("finetune_rows")
+    for i, deployment in enumerate(["SAAS", "PRIVATE"]):
+        record = {
+            "dataset_id": "ds-1",
+            "row_index": i,
+            "org_id": "org-1",
+            "uploaded_at_ms": NOW - 1_000,
+            "deployment": deployment,
+            "text": "a row of fine-tune data",
+        }
+        source = Source(config.topics.finetune_rows, 0, i)
+        row = validate_finetune_row(record)
+        decision = decide_finetune_row(
+            row,
+            router.ledger.controls_at(row.org_id, row.uploaded_at_ms),
+            RoutingFacts(watermark=WatermarkState.PASSED),
+            config,
+        )
+        expected = _full_audit(source, row.row_id, "finetune_row", row.org_id, decision)
+        message = FakeMessage(source.topic, 0, i, None, codec.encode(record))
+        outputs = router.process(message)  # type: ignore[arg-type]
+        assert outputs is not None
+        audits = [o.value for o in outputs if o.topic == config.topics.audit]
+        assert audits == [contracts.codec("audit").encode(expected)]
 
 
 def test_audit_runs_joined_equal_a_full_encode_R16() -> None:
