@@ -9,7 +9,9 @@ Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import random
+import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from streams.policy.models import DAY_MS
@@ -86,7 +88,6 @@ def realistic_text(rng: random.Random, chars: int, pii: bool) -> str:
     return text if len(text) <= chars * 1.3 else text[: int(chars * 1.3)]
 
 
-
 @dataclass(frozen=True, slots=True)
 class TrafficMix:
     orgs: int = 200
@@ -100,9 +101,40 @@ class TrafficMix:
     generation_chars: int = 800
 
 
+def unseen_text_corpus(limit_bytes: int = 32 << 20) -> str:
+    """Text no benchmark sentence repeats: the standard library's Python sources (code,
+    comments, docstrings; a few e-mail addresses and URLs), up to ``limit_bytes``.
+
+    The default traffic repeats a few dozen sentences, so the redactor's RE2 pre-filter
+    finds its DFA states built; on text it has not seen it builds new ones, as on real
+    traffic (``benchmarks/router_bench.py --unseen-text``)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts: list[str] = []
+    size = 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or size >= limit_bytes:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        parts.append(text)
+        size += len(text)
+    return "\n".join(parts)
+
+
 class TrafficGenerator:
-    def __init__(self, mix: TrafficMix = TrafficMix(), seed: int = 7, start_ms: int = 0) -> None:
+    def __init__(
+        self,
+        mix: TrafficMix = TrafficMix(),
+        seed: int = 7,
+        start_ms: int = 0,
+        corpus: str | None = None,
+    ) -> None:
+        """``corpus``: every prompt and generation is a window of it at a random offset
+        (e.g. ``unseen_text_corpus()``) instead of one of 64 generated texts."""
         self.mix = mix
+        self.corpus = corpus
         self.rng = random.Random(seed)
         self.start_ms = start_ms
         self.org_ids = [f"org-{i:04d}" for i in range(mix.orgs)]
@@ -150,7 +182,10 @@ class TrafficGenerator:
         else:
             deployment = "SAAS"
         connectors = ["google_drive"] if rng.random() < mix.drive_connector else []
-        prompt = rng.choice(self._prompts)
+        if self.corpus:
+            prompt, generation = self._window(mix.prompt_chars), self._window(mix.generation_chars)
+        else:
+            prompt, generation = rng.choice(self._prompts), None
         if rng.random() < mix.pii:
             prompt = rng.choice(PII).format(n=self._counter % 100) + " " + prompt
         return {
@@ -166,10 +201,15 @@ class TrafficGenerator:
             "connectors": connectors,
             "prompt": prompt,
             "documents": [],
-            "generation": rng.choice(self._generations),
+            "generation": generation if generation is not None else rng.choice(self._generations),
             "input_tokens": rng.randrange(50, 400),
             "output_tokens": rng.randrange(50, 600),
             "client_ip": f"198.51.100.{rng.randrange(1, 255)}",
             "user_id": f"user-{rng.randrange(1000)}",
             "metadata": {"app": "demo"},
         }
+
+    def _window(self, chars: int) -> str:
+        assert self.corpus is not None
+        start = self.rng.randrange(max(1, len(self.corpus) - chars))
+        return self.corpus[start : start + chars]

@@ -33,7 +33,6 @@ from streams.kafka.serde import (
     ExtendingCodec,
     SplicedCodec,
     registry_client,
-    schema_id_of,
 )
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
 from streams.policy.audit import (
@@ -53,6 +52,7 @@ from streams.policy.models import (
     DataControls,
     Decision,
     Deployment,
+    FineTuneRow,
     InvalidRecord,
     Route,
 )
@@ -95,9 +95,8 @@ def default_redaction_processes() -> int:
 
 
 # An output to encode: (output field, payload). The payload is the record for most
-# fields; (request bytes, encoded stamp) for "log_store_stamped"; (subject fields, encoded
-# outcome) for "audit_decided"; (input field, decoded record, consent version of the
-# decision) for "training_candidates".
+# fields; (subject fields, encoded outcome) for "audit_decided"; (the validated request
+# or fine-tune row, consent version of the decision) for "training_candidates".
 OutputItem = tuple[str, Any]
 # Encoded in the offload workers when there are any. Only candidates: their redaction is
 # the costly part, while handing a small record over costs about what encoding it here
@@ -150,28 +149,18 @@ class OutputEncoder:
         return [self.encode_one(field, payload) for field, payload in items]
 
     def encode_one(self, field: str, payload: Any) -> bytes:
-        if field == "log_store_stamped":
-            stamped = self.log_store_stamped.join(*payload)
-            if stamped is None:
-                raise ValueError("request bytes not in the base contract")  # router checks
-            return stamped
         if field == "audit_decided":
             subject, outcome = payload
-            runs = self.audit_runs
-            return runs.join((runs.encode_run(0, subject), outcome, runs.encode_run(2, subject)))
+            return self.audit_runs.encode_around(1, outcome, subject)
         if field == "training_candidates":
             if self._redactor is None:
                 self._redactor = Redactor()
             redactor = self._redactor
-            source_field, record, consent_version = payload
-            if source_field == "request_logs":
-                candidate = training_candidate(
-                    validate_request(record), consent_version, redactor, self.config
-                )
+            subject, consent_version = payload
+            if isinstance(subject, FineTuneRow):
+                candidate = finetune_candidate(subject, consent_version, redactor, self.config)
             else:
-                candidate = finetune_candidate(
-                    validate_finetune_row(record), consent_version, redactor, self.config
-                )
+                candidate = training_candidate(subject, consent_version, redactor, self.config)
             return self.codecs[field].encode(candidate)
         return self.codecs[field].encode(payload)
 
@@ -243,10 +232,8 @@ class Router:
             getattr(self.topics, field): codec(field) for field in _INPUTS + _STATE
         }
         self._topic = {field: getattr(self.topics, field) for field in _ENCODED}
-        self._topic["log_store_stamped"] = self.topics.log_store
         self._topic["audit_decided"] = self.topics.audit
         self._decided: dict[_DecisionKey, _Decided] = {}
-        self._request_schema_id = codec("request_logs").schema_id
         codecs = {field: codec(field) for field in _ENCODED}
         self._encoder = OutputEncoder(config, codecs, redactor)
         self._offload: Offload[OutputItem] | None = None
@@ -382,17 +369,18 @@ class Router:
         decision = decided.decision
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
         if decided.stamp is not None:
-            if raw is not None and schema_id_of(raw) == self._request_schema_id:
-                # R4: the request's own bytes plus the stamp; no re-encoding of the content
-                stamped = (raw, decided.stamp)
-                outputs.append(self._emit("log_store_stamped", request.request_id, stamped))
-            else:
-                stored = log_store_record(request, decision, self.config)
-                outputs.append(self._emit("log_store", request.request_id, stored))
+            # R4: the request's own bytes plus the stamp; no re-encoding of the content
+            stored = (
+                None if raw is None else self._encoder.log_store_stamped.join(raw, decided.stamp)
+            )
+            if stored is None:  # written with another version of the request contract
+                record_ = log_store_record(request, decision, self.config)
+                stored = self._encoder.encode_one("log_store", record_)
+            outputs.append(Output(self._topic["log_store"], request.request_id, stored))
         if decision.has(Route.TRAINING_CANDIDATE):
-            # The decoded record: unpickling it costs the offload a third of decoding the
+            # The validated request: unpickling it costs the offload a third of decoding the
             # bytes again (benchmarks/router_bench.py measured less CPU per record in all).
-            candidate = ("request_logs", record, decision.consent_version)
+            candidate = (request, decision.consent_version)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))
         outputs.append(
             self._audit(source, request.request_id, "request", request.org_id, decided.outcome, now)
@@ -436,7 +424,7 @@ class Router:
         decision = decide_finetune_row(row, controls, facts, self.config)
         outputs = []
         if decision.has(Route.TRAINING_CANDIDATE):
-            candidate = ("finetune_rows", record, decision.consent_version)
+            candidate = (row, decision.consent_version)
             outputs.append(self._emit("training_candidates", row.row_id, candidate))
         outcome = self._outcome(decision)
         outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, outcome, now))

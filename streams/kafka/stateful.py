@@ -36,7 +36,6 @@ from streams.kafka.transactional import (
     Output,
     Processor,
     TransactionalLoop,
-    resolved,
 )
 
 log = logging.getLogger(__name__)
@@ -74,21 +73,13 @@ class StatefulLoop(TransactionalLoop):
         super().step()
         self.processor.metrics.observe_consumer_lag(self.consumer)
 
-    def _produce(self, out: Output) -> None:
-        if not isinstance(out, PartitionedOutput):
-            super()._produce(out)
-            return
-        extra: dict[str, Any] = {}
-        if out.partition >= 0:
-            extra["partition"] = out.partition
-        if out.timestamp_ms is not None:
-            extra["timestamp"] = out.timestamp_ms
-        while True:
-            try:
-                self.producer.produce(out.topic, key=out.key, value=resolved(out.value), **extra)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+    def _produce(self, out: Output, **placement: Any) -> None:
+        if isinstance(out, PartitionedOutput):
+            if out.partition >= 0:
+                placement["partition"] = out.partition
+            if out.timestamp_ms is not None:
+                placement["timestamp"] = out.timestamp_ms
+        super()._produce(out, **placement)
 
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
         if self._revoked_in_step:

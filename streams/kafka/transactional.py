@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -214,12 +214,9 @@ class TransactionalLoop:
         producer = self.producer
         # Collected before the transaction begins: a failed computation fails the batch
         # with nothing of it written.
-        outputs = [
-            out
-            if out.value is None or isinstance(out.value, bytes)
-            else replace(out, value=out.value.result())
-            for out in outputs
-        ]
+        for out in outputs:
+            if out.value is not None and not isinstance(out.value, bytes):
+                out.value.result()  # kept by the pending value for ``_produce``
         self._commit_started = time.monotonic()
         try:
             producer.begin_transaction()
@@ -259,10 +256,11 @@ class TransactionalLoop:
                     continue
                 raise
 
-    def _produce(self, out: Output) -> None:
+    def _produce(self, out: Output, **placement: Any) -> None:
+        value = resolved(out.value)
         while True:
             try:
-                self.producer.produce(out.topic, key=out.key, value=resolved(out.value))
+                self.producer.produce(out.topic, key=out.key, value=value, **placement)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -192,8 +192,8 @@ def test_fine_tune_rows_audit_equals_a_full_encode_R10_R16() -> None:
 
 
 def test_audit_runs_joined_equal_a_full_encode_R16() -> None:
-    """R16: an audit record encoded in runs (subject, outcome, time and source) and joined
-    is byte for byte the record fastavro writes whole."""
+    """R16: an audit record encoded in runs (subject, outcome, time and source) and joined,
+    or written around its encoded outcome, is byte for byte the record fastavro writes whole."""
     config = PolicyConfig()
     contracts = _contracts(config)
     runs = SplicedCodec(contracts.codec("audit"), [AUDIT_OUTCOME_FIELDS[0], "decided_at_ms"])
@@ -214,3 +214,5 @@ def test_audit_runs_joined_equal_a_full_encode_R16() -> None:
         )
         joined = runs.join(runs.encode_run(n, record) for n in range(len(runs.runs)))
         assert joined == contracts.codec("audit").encode(record)
+        around = runs.encode_around(1, runs.encode_run(1, record), record)
+        assert around == joined
