@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import importlib
 import os
 import pickle
@@ -243,6 +244,7 @@ def _serve(receive: Connection, send: Connection) -> None:
     except Exception as exc:
         reply("error", _failure(exc))
         return
+    gc.freeze()  # the set-up state (the redactor's lexicons) lives as long as the worker
     reply("ok", None)
     while True:
         try:

@@ -14,6 +14,7 @@ order or exactly-once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -132,6 +133,11 @@ class TransactionalLoop:
             list(self.config.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         self._running = True
+        # What exists now (compiled redaction lexicons and patterns, codecs, the state read
+        # so far) lives as long as the job: kept out of the cyclic collector's full passes,
+        # which otherwise walk it again and again (callgrind: 3.5 % of the router's
+        # per-record instructions). Refcounting still frees it if it is dropped.
+        gc.freeze()
         if self.config.exit_when_stuck_s is not None:
             threading.Thread(target=self._watchdog, name="txn-watchdog", daemon=True).start()
         try:
