@@ -319,6 +319,8 @@ def _find(text: str, low: str | None, parts: tuple[str, ...], lower_case: bool) 
             # Every lower-case core but a unit ("apt5") needs a space (each regex has a
             # literal [ ]): short values such as "app-7" then cost one regex, not eight.
             parts = tuple(p for p in parts if p == "unit")
+        elif text.isascii():
+            parts = _lower_case_parts(text, parts)
     pats = _LOWER if lower_case else _NORMAL
     lowered = low if low is not None and len(low) == len(text) else text.lower()
     cores = sorted(c for part in parts for c in _cores(part, text, lowered, pats))
@@ -330,6 +332,70 @@ def _find(text: str, low: str | None, parts: tuple[str, ...], lower_case: bool) 
             continue  # inside an address already grown (keeps long inputs linear)
         grown.append(_grow(text, core, pats))
     return [(s, e, STREET_ADDRESS) for s, e in _merge(grown)]
+
+
+# Gates for the costliest lower-case cores: case-insensitive alternations that ``re`` tries at
+# every position (~140-650 µs each on a 650-character window of lower-case code). Each core holds
+# its street word as a whole run of letters (a space or a non-word character before and
+# after it, or a free start), so a text without such a run cannot give one. ASCII text only:
+# there every letter run is [a-z]+ and re.I folds nothing else onto these words (on other
+# text "ſt" matches "st" under re.I).
+_ASCII_LETTERS = re.compile(r"[a-z]+")
+_SUFFIX_RUNS = frozenset(_SUFFIX_WORDS.split()) | {"u"}
+# _PREFIX_NUMBERED: the words, "C/", "R.", "R", "Al.", "Pl.", "Place", "Route", "Passage".
+_PREFIX_RUNS = frozenset(_PREFIX_WORDS.split() + "c r al pl place route passage".split())
+# The attached street type ends a run that has at least two letters before it (attached_back).
+_ATTACHED_ENDINGS = tuple(_ATTACHED.split())
+# _UNIT_STRONG and _POBOX: every post-box form holds "box", the others start with one of these.
+_UNIT_RUNS = frozenset(
+    "apt apartment suite ste postfach apartado usns usnv uss uscgc apo fpo dpo".split()
+)
+
+
+def _lower_case_parts(text: str, parts: tuple[str, ...]) -> tuple[str, ...]:
+    """``parts`` without the costly lower-case cores that cannot match the all-lower-case
+    ASCII ``text`` (the others are cheap, or anchored on digits)."""
+    runs = set(_ASCII_LETTERS.findall(text))
+    keep = []
+    for part in parts:
+        if part == "suffix":
+            # After a space ("12 main st", "main st 12").
+            ok = any(_run_after_space(text, w) for w in runs.intersection(_SUFFIX_RUNS))
+        elif part == "prefix":
+            # Before a space, a dot and a space, or "/" and a space ("c/ mayor 5").
+            ok = any(_run_before_space(text, w) for w in runs.intersection(_PREFIX_RUNS))
+        elif part == "attached":
+            ok = any(run[2:].endswith(_ATTACHED_ENDINGS) for run in runs)
+        elif part == "unit":
+            ok = "box" in text or not runs.isdisjoint(_UNIT_RUNS)
+        else:
+            ok = True
+        if ok:
+            keep.append(part)
+    return tuple(keep)
+
+
+def _run_after_space(text: str, word: str) -> bool:
+    """``word`` as a whole run of letters right after a space (ASCII ``text``)."""
+    probe = " " + word
+    end = len(probe)
+    i = text.find(probe)
+    while i >= 0:
+        if i + end == len(text) or not text[i + end].isalpha():
+            return True
+        i = text.find(probe, i + 1)
+    return False
+
+
+def _run_before_space(text: str, word: str) -> bool:
+    """``word`` as a whole run of letters followed by " ", ". " or "/ " (ASCII ``text``)."""
+    for probe in (word + " ", word + ". ", word + "/ "):
+        i = text.find(probe)
+        while i >= 0:
+            if i == 0 or not text[i - 1].isalpha():
+                return True
+            i = text.find(probe, i + 1)
+    return False
 
 
 def _finder(parts: tuple[str, ...], lower_case: bool) -> Callable[[str, str | None], list[Span]]:
