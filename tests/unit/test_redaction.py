@@ -600,3 +600,21 @@ def test_r11_property_lower_case_address_gates_are_supersets(text: str) -> None:
     for part in a._PARTS:
         if part not in kept:
             assert a._cores(part, text, text, a._LOWER) == [], part
+
+
+CONTEXT_FRAGMENTS = [
+    "my name is", "my name's", "name:", "name?", "names are", "dear", "hi", "attn:", "c/o",
+    "by", "said", "our fiancée", "my neighbour", "mr", "mrs.", "dr", "prof", "x", "é", "9",
+    "(", ".", "'", " ", "  ", "\t", ",", ":", "?", "\n",
+]  # fmt: skip
+
+
+@PROPS
+@given(st.lists(st.sampled_from(CONTEXT_FRAGMENTS), max_size=12).map("".join))
+def test_r11_property_name_context_look_is_exact(before: str) -> None:
+    """R11 property: looking at the end of the window first gives the same answer as
+    searching it for a context phrase or a title."""
+    from streams.policy.redaction import _names as n
+
+    expected = (bool(n._STRONG_BEFORE.search(before)), bool(n._HONORIFIC_BEFORE.search(before)))
+    assert n._context_before(before) == expected

@@ -111,7 +111,25 @@ def gate(text: str) -> bool:
     return not _TITLE_KEYS.isdisjoint(_GATE.findall(text))
 
 
+# Kinds of the words seen so far: the same capitalised words recur from text to text ("None",
+# "Returns", "Python"), and a kind costs several set lookups and string copies. Bounded
+# (cleared when full); a dict's get and set are atomic, so threads can share it.
+_KINDS: dict[str, str] = {}
+_KINDS_MAX = 1 << 16
+
+
 def _kind(token: str) -> str:
+    """``_kind_of(token)``, remembered."""
+    kind = _KINDS.get(token)
+    if kind is None:
+        kind = _kind_of(token)
+        if len(_KINDS) >= _KINDS_MAX:
+            _KINDS.clear()
+        _KINDS[token] = kind
+    return kind
+
+
+def _kind_of(token: str) -> str:
     """'F' first name, 'S' surname, 'A' ambiguous (name that is also a word/place), 'C' common
     word or stop word, 'M' unknown word with a surname ending (-ova, -sson, -inen, ...),
     'U' other unknown capitalised word, 'I' initial, 'P' particle."""
@@ -268,9 +286,7 @@ def _judge(text: str, lowered: str, c: _Chunk, lexicon: bool) -> str:
     nxt = _NEXT_WORD.match(text, c.end)
     if nxt and nxt.group(1)[:1].isupper() and nxt.group(1).lower() in _EPONYM_HEADS:
         return ""
-    before = lowered[max(0, c.start - 48) : c.start]
-    strong = bool(_STRONG_BEFORE.search(before))
-    titled = bool(_HONORIFIC_BEFORE.search(before))
+    strong, titled = _context_before(lowered[max(0, c.start - 48) : c.start])
     known = sum(k in "FS" for k in core)
     ambiguous = core.count("A")
     unknown = core.count("U") + core.count("M")
@@ -298,6 +314,22 @@ def _judge(text: str, lowered: str, c: _Chunk, lexicon: bool) -> str:
     if len(core) >= 2 and line_start and _LINE_SUFFIX.match(text, c.end):
         return "line"
     return "maybe" if not ambiguous or len(core) > 1 or strong else ""
+
+
+def _context_before(before: str) -> tuple[bool, bool]:
+    """(a context phrase, a title) ends ``before``: ``_STRONG_BEFORE`` and
+    ``_HONORIFIC_BEFORE`` searched only when its last characters allow them (a search tries
+    the phrase alternation at every offset of the window). Their "$" also matches before a
+    final newline; a title is followed by a space or tab, a phrase ends with a letter, ":" or
+    "?" and is followed by "[ \t]*[:,]?[ \t]*"."""
+    tail = before[:-1] if before.endswith("\n") else before
+    end = tail.rstrip(" \t")
+    if end.endswith(","):
+        end = end[:-1].rstrip(" \t")
+    last = end[-1:]
+    strong = (last.isalpha() or last in (":", "?")) and bool(_STRONG_BEFORE.search(before))
+    titled = tail.endswith((" ", "\t")) and bool(_HONORIFIC_BEFORE.search(before))
+    return strong, titled
 
 
 def _mid_sentence(text: str, s: int) -> bool:
