@@ -90,6 +90,11 @@ class TransactionalLoop:
         self._pending: dict[tuple[str, int], deque[Message]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._seen: dict[tuple[str, int], int] = {}
+        # What ``refresh`` returned for the batch in hand, and what an aborted or discarded
+        # batch left unwritten of it: such outputs (e.g. the dead letter of a bad control
+        # record, R17) belong to no input offset, so re-reading would not bring them back.
+        self._refreshed: list[Output] = []
+        self._unwritten: list[Output] = []
         self.consumed = 0
         self.produced = 0
         self.transactions = 0
@@ -169,7 +174,9 @@ class TransactionalLoop:
 
     # --- one turn ---------------------------------------------------------------
     def step(self) -> None:
-        outputs = list(self.processor.refresh())
+        self._refreshed = self._unwritten + list(self.processor.refresh())
+        self._unwritten = []
+        outputs = list(self._refreshed)
         offsets: dict[tuple[str, int], int] = {}
         self._drain_pending(outputs, offsets)
         messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
@@ -281,6 +288,9 @@ class TransactionalLoop:
                 self.producer.poll(0.05)
 
     def _rewind(self) -> None:
+        """Back to the committed offsets; the batch in hand is dropped, but what ``refresh``
+        gave for it is offered again with the next batch."""
+        self._unwritten, self._refreshed = self._refreshed, []
         assignment = self.consumer.assignment()
         committed = self.consumer.committed(assignment, timeout=10)
         for tp in committed:

@@ -27,3 +27,6 @@ class FakeMessage:
 
     def value(self) -> bytes | None:
         return self._value
+
+    def error(self) -> None:
+        return None

@@ -1,0 +1,101 @@
+"""The transactional loop's own bookkeeping, with in-process stand-ins for its two clients.
+
+What the broker does (transactions, fencing, exactly once across a SIGKILL) is tested on
+the real broker in tests/integration; here only what the loop decides to write again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop
+from tests.unit.fakes import FakeMessage
+
+
+class _Producer:
+    """Records what each transaction wrote; the first ``aborts`` commits must be aborted."""
+
+    def __init__(self, aborts: int) -> None:
+        self.aborts = aborts
+        self.open: list[tuple[str, Any, Any]] = []
+        self.written: list[tuple[str, Any, Any]] = []
+
+    def begin_transaction(self) -> None:
+        self.open = []
+
+    def produce(self, topic: str, key: Any = None, value: Any = None, **_: Any) -> None:
+        self.open.append((topic, key, value))
+
+    def send_offsets_to_transaction(self, *_: Any) -> None:
+        pass
+
+    def commit_transaction(self, *_: Any) -> None:
+        if self.aborts:
+            self.aborts -= 1
+            raise KafkaException(KafkaError(KafkaError._STATE, "abort", txn_requires_abort=True))
+        self.written.extend(self.open)
+
+    def abort_transaction(self, *_: Any) -> None:
+        self.open = []
+
+
+class _Consumer:
+    """Hands out one batch; seeking back to the committed offset hands it out again."""
+
+    def __init__(self, batch: list[FakeMessage]) -> None:
+        self.batch = batch
+        self.queue = [batch]
+
+    def consume(self, *_: Any) -> list[FakeMessage]:
+        return self.queue.pop(0) if self.queue else []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("requests", 0)]
+
+    def committed(self, partitions: list[TopicPartition], **_: Any) -> list[TopicPartition]:
+        return [TopicPartition("requests", 0, 0)]
+
+    def seek(self, _: TopicPartition) -> None:
+        self.queue = [self.batch]
+
+
+class _Processor:
+    """Reports one bad control record on its first refresh, and routes every input."""
+
+    def __init__(self) -> None:
+        self.reported = False
+
+    def refresh(self) -> list[Output]:
+        if self.reported:
+            return []
+        self.reported = True
+        return [Output("dead-letters", "data-controls-0@7", b"bad control record")]
+
+    def process(self, message: Message) -> list[Output]:
+        return [Output("log-store", message.key(), message.value())]
+
+
+def test_R17_a_dead_letter_from_state_survives_an_aborted_transaction() -> None:
+    """R17: outputs of ``refresh`` belong to no input offset, so an aborted batch's are
+    written with the next batch (re-reading the inputs would not bring them back), once."""
+    loop = TransactionalLoop(LoopConfig("127.0.0.1:9", "group", "txn", ["requests"]), _Processor())
+    loop.consumer.close()
+    producer, consumer = (
+        _Producer(aborts=1),
+        _Consumer([FakeMessage("requests", 0, 0, b"r-1", b"v")]),
+    )
+    loop.producer, loop.consumer = producer, consumer  # type: ignore[assignment]
+
+    loop.step()  # the commit is aborted: nothing written, back to the committed offset
+    assert producer.written == [] and loop.transactions == 0
+    loop.step()
+    loop.step()  # nothing new: nothing written twice
+    assert sorted(producer.written) == [
+        ("dead-letters", "data-controls-0@7", b"bad control record"),
+        ("log-store", b"r-1", b"v"),
+    ]
