@@ -64,21 +64,19 @@ class StatefulLoop(TransactionalLoop):
         super().step()
         self.processor.metrics.observe_consumer_lag(self.consumer)
 
-    def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
+    def arrange(self, outputs: list[Output]) -> list[Output] | None:
         if self._revoked_in_step:
             # Offsets of this batch may belong to another worker by now: re-read instead.
             log.info("partitions revoked mid-batch: batch discarded, re-reading")
             self.processor.forget()
-            self._rewind()
-            return
-        transactions = self.transactions
-        super()._commit(self.processor.arrange(outputs), offsets)
-        if self.transactions == transactions and (outputs or offsets):
-            # aborted: the loop rewound to the committed offsets, the state must follow
-            self.processor.forget()
+            return None
+        return self.processor.arrange(outputs)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        super()._on_revoke(consumer, partitions)
+    def aborted(self) -> None:
+        # The loop went back to the committed offsets: the state must follow.
+        self.processor.forget()
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
         self._revoked_in_step = True
         self.processor.forget([tp.partition for tp in partitions])
 

@@ -227,7 +227,24 @@ class TransactionalLoop:
             self.consumer.pause([TopicPartition(*tp)])
             self._paused.add(tp)
 
+    # --- extension points (``streams.kafka.stateful`` keeps a state store in step) -----
+    def arrange(self, outputs: list[Output]) -> list[Output] | None:
+        """The batch's outputs in the order to write them; None drops the batch (the loop
+        re-reads it from the committed offsets)."""
+        return outputs
+
+    def aborted(self) -> None:
+        """After a transaction was aborted and the loop went back to the committed offsets."""
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        """After the group took ``partitions`` away (their uncommitted work is dropped)."""
+
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
+        arranged = self.arrange(outputs)
+        if arranged is None:
+            self._rewind()
+            return
+        outputs = arranged
         producer = self.producer
         # Collected before the transaction begins: a failed computation fails the batch
         # with nothing of it written.
@@ -252,6 +269,7 @@ class TransactionalLoop:
                 log.warning("transaction aborted, rewinding to committed offsets: %s", error)
                 producer.abort_transaction(30)
                 self._rewind()
+                self.aborted()
                 return
             raise  # fatal (e.g. fenced by a newer incarnation): exit, the supervisor restarts
         finally:
@@ -313,6 +331,7 @@ class TransactionalLoop:
             self._seen.pop(key, None)
             self._paused.discard(key)
         log.info("revoked %d partitions", len(partitions))
+        self.revoked(partitions)
 
 
 def resolved(value: bytes | PendingValue | None) -> bytes | None:
