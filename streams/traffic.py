@@ -112,7 +112,9 @@ def unseen_text_corpus(limit_bytes: int = 32 << 20) -> str:
     parts: list[str] = []
     size = 0
     for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or size >= limit_bytes:
+        if size >= limit_bytes:
+            break
+        if "site-packages" in path.parts:
             continue
         try:
             text = path.read_text(encoding="utf-8")
