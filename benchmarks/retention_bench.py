@@ -45,7 +45,7 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 from streams.jobs.retention import StagedStore, write_clock  # noqa: E402
 from streams.kafka.faust_app import partition_for  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
-from streams.kafka.topics import ensure_topics  # noqa: E402
+from streams.kafka.topics import Topology, ensure_topics  # noqa: E402
 from streams.policy.audit import Source, audit_record  # noqa: E402
 from streams.policy.config import PolicyConfig  # noqa: E402
 from streams.policy.models import DAY_MS  # noqa: E402
@@ -200,8 +200,7 @@ def wait_count(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> f
 
 
 def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, float]:
-    config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
-    topics = config.topics
+    topics = Topology(f"bench{uuid.uuid4().hex[:6]}.")
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topics)
     tag = uuid.uuid4().hex
     test_url = registry or f"mock://bench-{tag}"
@@ -215,7 +214,7 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "SCHEMA_REGISTRY_URL": worker_url,
-        "STREAMS_TOPIC_PREFIX": topics.log_store.removesuffix("log-store"),
+        "STREAMS_TOPIC_PREFIX": topics.prefix,
         "STREAMS_CLOCK_FILE": str(clock),
         "STREAMS_STATE_DIR": str(tmp / "state"),
         "STREAMS_TICK_S": "0.5",
@@ -262,7 +261,7 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
             print(f"worker did not stop on SIGTERM; see {tmp / 'worker.log'}", file=sys.stderr)
     # Baseline: the same output volume written by a plain producer, same run.
     prefix = f"bench-base{uuid.uuid4().hex[:6]}."
-    base_topics = PolicyConfig().with_topics_prefix(prefix).topics
+    base_topics = Topology(prefix)
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), base_topics)
     base_contracts = Contracts(registry_client(test_url), base_topics)
     deletion_codec = base_contracts.codec("deletion_events")
@@ -313,7 +312,7 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
 
 def start_worker(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.jobs.retention"],
+        [sys.executable, "-m", "streams.cli", "run", "retention"],
         env=env,
         stdout=open(tmp / "worker.log", "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,

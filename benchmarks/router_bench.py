@@ -38,9 +38,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from streams.infra.stack import broker_and_registry  # noqa: E402
 from streams.jobs.router import build_router_loop, default_redaction_processes  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
-from streams.kafka.topics import ensure_topics, key_for  # noqa: E402
+from streams.kafka.topics import Topology, ensure_topics, key_for  # noqa: E402
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop  # noqa: E402
-from streams.policy.config import PolicyConfig  # noqa: E402
+from streams.settings import Settings  # noqa: E402
 from streams.traffic import TrafficGenerator, unseen_text_corpus  # noqa: E402
 
 
@@ -55,6 +55,9 @@ class Timed:
 
     def refresh(self) -> list[Output]:
         return list(self.inner.refresh())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # the rest of the runtime's processor
 
     def process(self, message: Message) -> list[Output] | None:
         if not self.count:
@@ -158,12 +161,12 @@ def main() -> None:
 
 
 def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None:
-    config = PolicyConfig().with_topics_prefix(f"bench{uuid.uuid4().hex[:6]}.")
+    topology = Topology(f"bench{uuid.uuid4().hex[:6]}.")
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    ensure_topics(admin, config.topics)
-    passthrough_topic = config.topics.request_logs + ".passthrough"
+    ensure_topics(admin, topology)
+    passthrough_topic = topology.request_logs + ".passthrough"
     admin.create_topics([NewTopic(passthrough_topic, 6, 1)])["" + passthrough_topic].result()
-    contracts = Contracts(registry_client(registry_url), config.topics)
+    contracts = Contracts(registry_client(registry_url), topology)
     contracts.register_all()
 
     now = int(time.time() * 1000)
@@ -180,21 +183,19 @@ def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None
     controls = contracts.codec("data_controls")
     for change in traffic.control_changes():
         producer.produce(
-            config.topics.data_controls,
+            topology.data_controls,
             key=key_for("data_controls", change),
             value=controls.encode(change),
         )
     wm = contracts.codec("controls_watermark").encode({"watermark_ms": now, "published_at_ms": now})
-    producer.produce(config.topics.controls_watermark, key="watermark", value=wm)
+    producer.produce(topology.controls_watermark, key="watermark", value=wm)
     codec = contracts.codec("request_logs")
     t0 = time.perf_counter()
     for i in range(args.records):
         r = traffic.request(now - 3_600_000 + i)
         while True:
             try:
-                producer.produce(
-                    config.topics.request_logs, key=r["request_id"], value=codec.encode(r)
-                )
+                producer.produce(topology.request_logs, key=r["request_id"], value=codec.encode(r))
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -210,10 +211,10 @@ def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None
     cpu_rows: list[str] = []
     timeout = max(120.0, args.records / 2000)
     for round_ in range(args.rounds):
-        group = f"{config.topics.request_logs}.pass{round_}"
+        group = f"{topology.request_logs}.pass{round_}"
         timed = Timed(Passthrough(contracts, passthrough_topic))
         loop = TransactionalLoop(
-            LoopConfig(bootstrap, group, f"{group}-0", [config.topics.request_logs]), timed
+            LoopConfig(bootstrap, group, f"{group}-0", [topology.request_logs]), timed
         )
         rate, cpu = run(loop, timed, args.records, timeout)
         base_rates.append(rate)
@@ -221,13 +222,11 @@ def measure(bootstrap: str, registry_url: str, args: argparse.Namespace) -> None
         line = f"round {round_ + 1}: passthrough {rate:,.0f} rec/s"
         for processes in settings:
             loop, router = build_router_loop(
-                bootstrap,
-                registry_url,
-                config,
-                group_id=f"{config.topics.request_logs}.router{round_}.{processes}",
+                Settings(bootstrap, registry_url, topology=topology),
+                group_id=f"{topology.request_logs}.router{round_}.{processes}",
                 redaction_processes=processes,
             )
-            timed = Timed(router)
+            timed = Timed(loop.processor)
             loop.processor = timed
             rate, cpu = run(loop, timed, args.records, timeout)
             router_rates[processes].append(rate)

@@ -32,8 +32,8 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 from streams.infra.stack import broker_and_registry  # noqa: E402
 from streams.jobs.router import build_router_loop  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
-from streams.kafka.topics import ensure_topics, key_for  # noqa: E402
-from streams.policy.config import PolicyConfig  # noqa: E402
+from streams.kafka.topics import Topology, ensure_topics, key_for  # noqa: E402
+from streams.settings import Settings  # noqa: E402
 from streams.traffic import TrafficGenerator, TrafficMix  # noqa: E402
 
 
@@ -58,15 +58,15 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap, registry_url = broker_and_registry(stack)
 
-        config = PolicyConfig().with_topics_prefix(f"soak{uuid.uuid4().hex[:6]}.")
-        ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), config.topics)
-        contracts = Contracts(registry_client(registry_url), config.topics)
+        topology = Topology(f"soak{uuid.uuid4().hex[:6]}.")
+        ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topology)
+        contracts = Contracts(registry_client(registry_url), topology)
         contracts.register_all()
         traffic = TrafficGenerator(TrafficMix(orgs=200), seed=5, start_ms=now_ms())
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         for change in traffic.control_changes():
             producer.produce(
-                config.topics.data_controls,
+                topology.data_controls,
                 key=key_for("data_controls", change),
                 value=contracts.codec("data_controls").encode(change),
             )
@@ -81,7 +81,7 @@ def main() -> None:
             while not stop.is_set():
                 mark = now_ms()
                 wm_producer.produce(
-                    config.topics.controls_watermark,
+                    topology.controls_watermark,
                     key="controls_watermark",
                     value=codec.encode({"watermark_ms": mark, "published_at_ms": mark}),
                 )
@@ -100,12 +100,12 @@ def main() -> None:
                     time.sleep(delay)
                 record = traffic.request(now_ms())
                 producer.produce(
-                    config.topics.request_logs, key=record["request_id"], value=codec.encode(record)
+                    topology.request_logs, key=record["request_id"], value=codec.encode(record)
                 )
                 producer.poll(0)
             producer.flush(30)
 
-        loop, router = build_router_loop(bootstrap, registry_url, config)
+        loop, router = build_router_loop(Settings(bootstrap, registry_url, topology=topology))
         total = args.rate * args.seconds
         threads = [
             threading.Thread(target=control_plane, daemon=True),
@@ -128,7 +128,7 @@ def main() -> None:
                     "auto.offset.reset": "earliest",
                 }
             )
-            consumer.subscribe([config.topics.training_candidates])
+            consumer.subscribe([topology.training_candidates])
             while not stop.is_set():
                 for message in consumer.consume(500, 0.2):
                     if message.error() is None and message.value() is not None:
@@ -141,7 +141,7 @@ def main() -> None:
             thread.start()
 
         lag_admin = Consumer({"bootstrap.servers": bootstrap, "group.id": loop.config.group_id})
-        parts = [TopicPartition(config.topics.request_logs, p) for p in range(6)]
+        parts = [TopicPartition(topology.request_logs, p) for p in range(6)]
         print(
             f"soak: {args.rate}/s for {args.seconds}s, watermark every {args.watermark_interval}s"
         )

@@ -1,38 +1,40 @@
 """The ``streams`` command: run jobs, create topics, explain a decision, run the demo.
 
     streams topics                      create/align every topic of the catalogue
-    streams router [--worker-id N]      run one router worker
+    streams run JOB [--worker-id N]     one worker of router, retention, usage or
+                                        safety-evaluation
     streams explain REQUEST_ID          why a request went where it went (R16)
+    streams verify                      leak-canary check against a running cluster
     streams demo                        everything end to end on an embedded broker
 
-Connection settings come from ``--bootstrap``/``--registry`` or the
-``KAFKA_BOOTSTRAP_SERVERS``/``SCHEMA_REGISTRY_URL`` environment variables.
+Settings are read once (``streams.settings.Settings``): ``--bootstrap``/``--registry``
+or ``KAFKA_BOOTSTRAP_SERVERS``/``SCHEMA_REGISTRY_URL``, and the ``STREAMS_*`` variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 import time
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from streams.jobs.processes import JOBS
 from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ensure_topics
-from streams.policy.config import PolicyConfig, load_config
+from streams.settings import Settings, SettingsError
 
 
-def explain(
-    request_id: str, bootstrap_servers: str, registry_url: str, config: PolicyConfig
-) -> str:
+def explain(request_id: str, settings: Settings) -> str:
     """R16: every audited decision about ``request_id``, rendered for a person."""
-    codec = Contracts(registry_client(registry_url), config.topics).codec("audit")
+    topology = settings.topology
+    codec = Contracts(registry_client(settings.registry_url), topology).codec("audit")
     lines = []
-    for key, value, _, _ in read_topic(bootstrap_servers, config.topics.audit):
+    for key, value, _, _ in read_topic(settings.bootstrap_servers, topology.audit):
         if key is None or key.decode(errors="replace") != request_id or value is None:
             continue
         try:
@@ -54,12 +56,30 @@ def explain(
     return f"request {request_id}:\n" + "\n".join(lines)
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, str]:
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    registry = args.registry or os.environ.get("SCHEMA_REGISTRY_URL")
-    if not bootstrap or not registry:
-        sys.exit("set --bootstrap/--registry or KAFKA_BOOTSTRAP_SERVERS/SCHEMA_REGISTRY_URL")
-    return bootstrap, registry
+def run_job(job: str, settings: Settings) -> None:
+    """One worker of ``job`` until SIGTERM/SIGINT (``streams run JOB``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if job == "retention":
+        from streams.jobs import retention
+
+        retention.run(settings)  # faust, until the retention issue moves it onto the runtime
+        return
+    from streams.jobs.wiring import runtime_of, serve
+
+    if job == "router":
+        from streams.jobs.router import build_router_loop
+
+        serve(build_router_loop(settings)[0], settings)
+    elif job == "usage":
+        from streams.jobs.usage import build_job as build_usage
+
+        serve(runtime_of(build_usage(settings), settings), settings)
+    elif job == "safety-evaluation":
+        from streams.jobs.safety_evaluation import build_job as build_evaluation
+
+        serve(runtime_of(build_evaluation(settings), settings), settings)
+    else:
+        raise SettingsError(f"no job {job!r}; jobs: {', '.join(JOBS)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,8 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry", help="schema registry URL")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("topics", help="create/align the topics of the catalogue")
-    router = commands.add_parser("router", help="run one router worker")
-    router.add_argument("--worker-id", default=os.environ.get("STREAMS_WORKER_ID", "0"))
+    run = commands.add_parser("run", help="run one worker of a job")
+    run.add_argument("job", choices=JOBS)
+    run.add_argument("--worker-id", help="stable per worker (default: STREAMS_WORKER_ID or 0)")
     why = commands.add_parser("explain", help="why a request went where it went (R16)")
     why.add_argument("request_id")
     commands.add_parser("demo", help="run every job end to end on an embedded broker")
@@ -78,35 +99,45 @@ def main(argv: list[str] | None = None) -> None:
     )
     check.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
-    config = load_config()
 
     if args.command == "demo":
         from streams.demo import run_demo
 
         sys.exit(run_demo())
-    bootstrap, registry = _connection(args)
-    if args.command == "topics":
-        created = ensure_topics(AdminClient(client_config(bootstrap)), config.topics)
-        Contracts(registry_client(registry), config.topics).register_all()
-        print(f"topics ready ({len(created)} created); schemas registered")
-    elif args.command == "router":
-        from streams.jobs import router as router_job
-
-        router_job.main(
-            ["--bootstrap", bootstrap, "--registry", registry, "--worker-id", args.worker_id]
+    try:
+        settings = Settings.read(
+            bootstrap_servers=args.bootstrap,
+            registry_url=args.registry,
+            worker_id=getattr(args, "worker_id", None),
         )
+    except SettingsError as exc:
+        sys.exit(str(exc))
+    if args.command == "topics":
+        created = ensure_topics(
+            AdminClient(client_config(settings.bootstrap_servers)), settings.topology
+        )
+        Contracts(registry_client(settings.registry_url), settings.topology).register_all()
+        print(f"topics ready ({len(created)} created); schemas registered")
+    elif args.command == "run":
+        run_job(args.job, settings)
     elif args.command == "explain":
-        print(explain(args.request_id, bootstrap, registry, config))
+        print(explain(args.request_id, settings))
     elif args.command == "verify":
-        sys.exit(_verify_cluster(bootstrap, registry, config, args.timeout))
+        sys.exit(_verify_cluster(settings, args.timeout))
 
 
-def _verify_cluster(bootstrap: str, registry: str, config: PolicyConfig, timeout_s: float) -> int:
-    """Canaries through the jobs already running on ``bootstrap``; exit 1 on any finding."""
+def _verify_cluster(settings: Settings, timeout_s: float) -> int:
+    """Canaries through the jobs already running on the cluster; exit 1 on any finding."""
     from streams.verify import verify
 
-    contracts = Contracts(registry_client(registry), config.topics)
-    report = verify(bootstrap, config, contracts, int(time.time() * 1000), timeout_s=timeout_s)
+    contracts = Contracts(registry_client(settings.registry_url), settings.topology)
+    report = verify(
+        settings.bootstrap_servers,
+        settings.policy,
+        contracts,
+        int(time.time() * 1000),
+        timeout_s=timeout_s,
+    )
     print(report.render())
     return 0 if report.ok else 1
 

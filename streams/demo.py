@@ -29,7 +29,7 @@ from streams.jobs.processes import Cluster, running
 from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import ensure_topics, key_for
+from streams.kafka.topics import Topology, ensure_topics, key_for
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS
 from streams.traffic import TrafficGenerator, TrafficMix
@@ -68,10 +68,11 @@ def _change(org: str, cid: str, effective: int, **fields: Any) -> dict[str, Any]
 
 class Demo:
     def __init__(self, bootstrap: str, registry_url: str, work_dir: Path) -> None:
-        self.config = PolicyConfig().with_topics_prefix(f"demo{uuid.uuid4().hex[:6]}.")
-        self.cluster = Cluster(bootstrap, registry_url, self.config, work_dir / "logs")
+        self.config = PolicyConfig()
+        self.topology = Topology(f"demo{uuid.uuid4().hex[:6]}.")
+        self.cluster = Cluster(bootstrap, registry_url, self.topology, work_dir / "logs")
         self.work_dir = work_dir
-        self.contracts = Contracts(registry_client(registry_url), self.config.topics)
+        self.contracts = Contracts(registry_client(registry_url), self.topology)
         self.producer = Producer({**client_config(bootstrap), "linger.ms": 10})
         self.now = int(time.time() * 1000)
         self.start = self.now - 2 * 3_600_000
@@ -85,16 +86,16 @@ class Demo:
     def produce(self, field: str, record: dict[str, Any]) -> None:
         value = self.contracts.codec(field).encode(record)
         self.producer.produce(
-            getattr(self.config.topics, field), key=key_for(field, record), value=value
+            getattr(self.topology, field), key=key_for(field, record), value=value
         )
 
     def count(self, field: str) -> int:
-        return sum(1 for _ in read_topic(self.bootstrap, getattr(self.config.topics, field), 0.5))
+        return sum(1 for _ in read_topic(self.bootstrap, getattr(self.topology, field), 0.5))
 
     def decoded(self, field: str) -> list[dict[str, Any]]:
         codec = self.contracts.codec(field)
         out = []
-        for _, value, _, _ in read_topic(self.bootstrap, getattr(self.config.topics, field), 0.5):
+        for _, value, _, _ in read_topic(self.bootstrap, getattr(self.topology, field), 0.5):
             if value is not None:
                 try:
                     out.append(codec.decode(value))
@@ -104,7 +105,7 @@ class Demo:
 
     def setup(self) -> None:
         done = _step("creating topics and registering contracts")
-        ensure_topics(AdminClient(client_config(self.bootstrap)), self.config.topics)
+        ensure_topics(AdminClient(client_config(self.bootstrap)), self.topology)
         done(f"({len(self.contracts.register_all())} subjects)")
 
     def traffic(self) -> None:
@@ -187,7 +188,7 @@ class Demo:
             "STREAMS_STATE_DIR": str(self.work_dir / "state"),
         }
         with running(
-            self.cluster, "router", "retention", "usage", "safety_evaluation", extra_env=env
+            self.cluster, "router", "retention", "usage", "safety-evaluation", extra_env=env
         ):
             self.wait_for(
                 "router: routing every request exactly once", "audit", lambda: REQUESTS, 90
@@ -256,7 +257,7 @@ class Demo:
             "audit",
             "dead_letters",
         ):
-            topic = getattr(self.config.topics, field)
+            topic = getattr(self.topology, field)
             lines.append(f"  {topic:<44} {self.count(field):>8,}")
         return "\n".join(lines)
 

@@ -105,6 +105,7 @@ class CanaryRun:
     def __init__(self, config: PolicyConfig, contracts: Contracts, now_ms: int) -> None:
         self.config = config
         self.contracts = contracts
+        self.topology = contracts.topics
         self.now_ms = now_ms
         self.run_id = uuid.uuid4().hex[:10]
         self.tokens = {case.name: f"CANARY-{case.name}-{self.run_id}" for case in CASES}
@@ -150,7 +151,7 @@ class CanaryRun:
         while time.monotonic() < deadline:
             audited = {
                 key.decode(errors="replace")
-                for key, _, _, _ in read_topic(bootstrap, self.config.topics.audit, 0.5)
+                for key, _, _, _ in read_topic(bootstrap, self.topology.audit, 0.5)
                 if key is not None
             }
             if self.request_ids <= audited:
@@ -163,7 +164,7 @@ class CanaryRun:
         producer = Producer({**client_config(bootstrap), "linger.ms": 5})
 
         def send(field_name: str, record: dict[str, Any] | bytes, key: str | None = None) -> None:
-            topic = getattr(self.config.topics, field_name)
+            topic = getattr(self.topology, field_name)
             if isinstance(record, bytes):
                 producer.produce(topic, key=key, value=record)
                 return
@@ -260,7 +261,7 @@ class CanaryRun:
         present: dict[str, set[str]] = {case.name: set() for case in CASES}
         pii_values = {c.name: c.pii.format(token=self.run_id).encode() for c in CASES if c.pii}
         for field_name in fields:
-            topic = getattr(self.config.topics, field_name)
+            topic = getattr(self.topology, field_name)
             count = 0
             for key, value, partition, offset in read_topic(bootstrap, topic, 1.0):
                 count += 1

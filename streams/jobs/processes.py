@@ -1,7 +1,7 @@
 """Run jobs as separate worker processes, the way they are deployed.
 
 Used by the demo, ``streams verify`` and the tests that kill workers: each job
-is ``python -m streams.jobs.<name>`` configured only through the environment
+is ``streams run <job>`` configured only through the environment
 (bootstrap, registry, topic prefix, worker id, and for retention its clock
 file and state directory). Output goes to one log file per worker, which the
 canary check reads too.
@@ -19,21 +19,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.policy.config import PolicyConfig
+from streams.kafka.topics import Topology
 
-JOBS = ("router", "retention", "usage", "safety_evaluation")
+JOBS = ("router", "retention", "usage", "safety-evaluation")
 
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
     bootstrap: str
     registry_url: str
-    config: PolicyConfig
+    topology: Topology
     log_dir: Path
 
     @property
     def prefix(self) -> str:
-        return self.config.topics.request_logs.removesuffix("request-logs")
+        return self.topology.prefix
 
 
 def start_job(
@@ -51,7 +51,7 @@ def start_job(
     }
     log = open(cluster.log_dir / f"{cluster.prefix}{job}-{worker_id}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", f"streams.jobs.{job}"],
+        [sys.executable, "-m", "streams.cli", "run", job],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -35,12 +35,11 @@ Time: ``now`` comes from an injectable clock. ``--clock-file`` (``STREAMS_CLOCK_
 points to a file holding epoch milliseconds, so a test can move time forward while the
 job runs as a separate process.
 
-Run one worker:  python -m streams.jobs.retention --bootstrap HOST:PORT --registry URL
+Run one worker:  streams run retention
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -66,10 +65,13 @@ from streams.kafka.faust_app import (
     partition_for,
     raw_topic,
 )
+from streams.kafka.runtime import FileClock as FileClock  # tests and benchmarks use it here
+from streams.kafka.runtime import wall_clock_ms
+from streams.kafka.runtime import write_clock as write_clock
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.topics import RETENTION, internal_topic, key_for
+from streams.kafka.topics import RETENTION, Topology, internal_topic, key_for
 from streams.policy.audit import Source, audit_record, dead_letter_decision
-from streams.policy.config import PolicyConfig, load_config
+from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag, validate_legal_hold
 from streams.policy.models import DAY_MS, AccountDeletionRequest, InvalidRecord
 from streams.policy.retention import (
@@ -82,6 +84,7 @@ from streams.policy.retention import (
     tracked_from_log_record,
     untrusted_tracked,
 )
+from streams.settings import Settings
 
 log = logging.getLogger("streams.retention")
 
@@ -92,51 +95,13 @@ _SEP = "\x1f"
 
 
 # --- clock -------------------------------------------------------------------------------
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class FileClock:
-    """``now`` read from a file of epoch milliseconds (tests move time forward by writing it).
-
-    A missing file means wall-clock time. The clock never goes backwards: an unreadable or
-    older value keeps the last one. The file is read at most every ``cache_s`` seconds.
-    """
-
-    def __init__(self, path: Path, cache_s: float = 0.02) -> None:
-        self.path = path
-        self.cache_s = cache_s
-        self._last = 0
-        self._read_at = -1.0
-
-    def __call__(self) -> int:
-        now = time.monotonic()
-        if now - self._read_at < self.cache_s:
-            return self._last
-        self._read_at = now
-        try:
-            value = int(self.path.read_text().strip())
-        except FileNotFoundError:
-            value = wall_clock_ms()
-        except (OSError, ValueError):
-            value = self._last
-        self._last = max(self._last, value)
-        return self._last
-
-
-def write_clock(path: Path, now_ms: int) -> None:
-    """Set a ``FileClock`` atomically (write then rename)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(now_ms))
-    tmp.replace(path)
-
-
 # --- settings ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     bootstrap_servers: str
     registry_url: str
     config: PolicyConfig
+    topology: Topology
     state_dir: Path
     clock: Callable[[], int] = wall_clock_ms
     tick_interval_s: float = 1.0
@@ -151,9 +116,9 @@ class RetentionSettings:
             raise ValueError("tick_interval_s too long for PolicyConfig.deletion_bound_ms")
 
 
-def commands_topic_name(config: PolicyConfig) -> str:
+def commands_topic_name(topology: Topology) -> str:
     """``<prefix>retention.commands``: job-internal, only the retention role may use it."""
-    return internal_topic(config.topics, RETENTION, "commands")
+    return internal_topic(topology, RETENTION, "commands")
 
 
 # --- state -------------------------------------------------------------------------------
@@ -411,7 +376,7 @@ class RetentionJob:
     def __init__(self, settings: RetentionSettings) -> None:
         self.settings = settings
         self.config = settings.config
-        self.topics = settings.config.topics
+        self.topics = settings.topology
         self.clock = settings.clock
         self.stats: Counter[str] = Counter()
         contracts = Contracts(registry_client(settings.registry_url), self.topics)
@@ -421,7 +386,7 @@ class RetentionJob:
             for f in ("log_store", *_CONTROL_FIELDS, *_OUTPUT_FIELDS)
         }
         self._out_codec = {f: contracts.codec(f) for f in _OUTPUT_FIELDS}
-        self.commands = commands_topic_name(self.config)
+        self.commands = commands_topic_name(self.topics)
         log_store = self.topics.log_store
         counts = partition_counts(
             settings.bootstrap_servers, [getattr(self.topics, f) for f in _OUTPUT_FIELDS]
@@ -873,50 +838,27 @@ class RetentionJob:
 
 
 # --- process entry point ------------------------------------------------------------------
-def settings_from_env(argv: list[str] | None = None) -> RetentionSettings:
-    parser = argparse.ArgumentParser(description="Run one retention worker (faust).")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    parser.add_argument("--registry", default=os.environ.get("SCHEMA_REGISTRY_URL"))
-    parser.add_argument("--state-dir", default=os.environ.get("STREAMS_STATE_DIR"))
-    parser.add_argument("--worker-id", default=os.environ.get("STREAMS_WORKER_ID", "0"))
-    parser.add_argument("--clock-file", default=os.environ.get("STREAMS_CLOCK_FILE"))
-    parser.add_argument(
-        "--tick-interval", type=float, default=float(os.environ.get("STREAMS_TICK_S", "1.0"))
-    )
-    parser.add_argument(
-        "--tick-limit", type=int, default=int(os.environ.get("STREAMS_TICK_LIMIT", "2000"))
-    )
-    parser.add_argument(
-        "--processing-guarantee",
-        default=os.environ.get("STREAMS_PROCESSING_GUARANTEE", AT_LEAST_ONCE),
-        choices=["at_least_once", "exactly_once"],
-    )
-    args = parser.parse_args(argv)
-    if not args.bootstrap or not args.registry:
-        parser.error("--bootstrap and --registry (or their environment variables) are required")
-    config = load_config()
-    state_dir = Path(
-        args.state_dir
-        or Path("var") / "retention" / (config.topics.log_store + "-" + args.worker_id)
-    )
-    clock: Callable[[], int] = (
-        FileClock(Path(args.clock_file)) if args.clock_file else wall_clock_ms
+def retention_settings(settings: Settings) -> RetentionSettings:
+    """The retention job's view of the worker's settings (``streams run retention``)."""
+    state_dir = settings.state_dir or (
+        Path("var") / "retention" / (settings.topology.log_store + "-" + settings.worker_id)
     )
     return RetentionSettings(
-        bootstrap_servers=args.bootstrap,
-        registry_url=args.registry,
-        config=config,
+        bootstrap_servers=settings.bootstrap_servers,
+        registry_url=settings.registry_url,
+        config=settings.policy,
+        topology=settings.topology,
         state_dir=state_dir,
-        clock=clock,
-        tick_interval_s=args.tick_interval,
-        tick_limit=args.tick_limit,
-        processing_guarantee=args.processing_guarantee,
+        clock=settings.clock(),
+        tick_interval_s=settings.tick_interval_s,
+        tick_limit=settings.tick_limit,
+        processing_guarantee=settings.processing_guarantee,
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = settings_from_env(argv)
-    job = RetentionJob(settings)
+def run(settings: Settings) -> None:
+    """One retention worker until stopped (``streams run retention``)."""
+    job = RetentionJob(retention_settings(settings))
     worker = faust.Worker(job.app, loglevel="INFO", quiet=True)
     code = 0
     try:
@@ -935,7 +877,3 @@ def main(argv: list[str] | None = None) -> None:
             # After a crash faust can leave a non-daemon thread behind that keeps the
             # process alive forever; a stopped worker must exit so it can be restarted.
             os._exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,42 +7,48 @@ routed inside Kafka transactions (``streams.kafka.transactional``). Outputs:
 log store (R4), training candidates (R9-R11), usage events (R3), audit (R16),
 dead letters (R17).
 
-Run one worker:  python -m streams.jobs.router --worker-id 0
+Run one worker:  streams run router --worker-id 0
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Message
 
+from streams.jobs.wiring import contracts_of, runtime_of
 from streams.kafka.compacted import CompactedReader
-from streams.kafka.metrics import JobMetrics, port_from_env
+from streams.kafka.metrics import JobMetrics
 from streams.kafka.offload import Offload
+from streams.kafka.runtime import (
+    DEFER,
+    Clock,
+    Context,
+    Defer,
+    JobSpec,
+    Punctuator,
+    Runtime,
+)
 from streams.kafka.serde import (
     Codec,
     Contracts,
     DecodeError,
     ExtendingCodec,
     SplicedCodec,
-    registry_client,
 )
-from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
+from streams.kafka.transactional import source_of
 from streams.policy.audit import (
     AUDIT_OUTCOME_FIELDS,
     Source,
     audit_outcome,
     audit_subject,
-    dead_letter_decision,
 )
-from streams.policy.config import PolicyConfig, load_config
+from streams.policy.config import PolicyConfig
 from streams.policy.data_controls import DataControlsLedger
 from streams.policy.holds import HoldIndex, validate_flag
 from streams.policy.models import (
@@ -74,6 +80,7 @@ from streams.policy.routing import (
     validate_request,
     watermark_state,
 )
+from streams.settings import Settings
 
 log = logging.getLogger("streams.router")
 
@@ -82,15 +89,9 @@ _INPUTS = ("request_logs", "finetune_rows")
 _STATE = ("data_controls", "controls_watermark", "misuse_flags", "account_deletions")
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def default_redaction_processes() -> int:
-    """``STREAMS_REDACTION_PROCESSES``, else one per core but the one the worker runs on."""
-    configured = os.environ.get("STREAMS_REDACTION_PROCESSES")
-    if configured is not None:
-        return int(configured)
+    """One per core but the one the worker runs on (``STREAMS_REDACTION_PROCESSES`` sets
+    it, through ``Settings``)."""
     return max(1, (os.cpu_count() or 2) - 1)
 
 
@@ -199,43 +200,75 @@ _DecisionKey = tuple[RequestShape, DataControls, tuple[WatermarkState, tuple[str
 _MAX_DECIDED = 50_000
 
 
+class DecisionMemory:
+    """The decision layer's speed trick: requests of equal ``_DecisionKey`` (shape, controls
+    at creation, facts) are decided alike, so their decision, encoded audit outcome and
+    encoded log-store stamp are computed once and remembered (bounded)."""
+
+    def __init__(self, config: PolicyConfig, encoder: OutputEncoder) -> None:
+        self.config = config
+        self.encoder = encoder
+        self._decided: dict[_DecisionKey, _Decided] = {}
+
+    def request(self, key: _DecisionKey) -> _Decided:
+        """R1-R4, R7, R9, R11-R15 for one decision key (see ``RequestShape``)."""
+        decided = self._decided.get(key)
+        if decided is not None:
+            return decided
+        shape, controls, (state, flag_ids, deletion_requested) = key
+        facts = RoutingFacts(
+            watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
+        )
+        decision = decide_request_shape(shape, controls, facts, self.config)
+        stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
+        decided = _Decided(
+            decision,
+            self.outcome(decision),
+            None if stamp is None else self.encoder.stamp(stamp),
+        )
+        if len(self._decided) >= _MAX_DECIDED:
+            self._decided.clear()
+        self._decided[key] = decided
+        return decided
+
+    def outcome(self, decision: Decision) -> bytes:
+        """R16: the audit fields a decision fixes (routes, rules, reasons, versions), encoded."""
+        outcome = audit_outcome(
+            job=JOB,
+            routes=decision.routes,
+            rule_ids=decision.rule_ids,
+            reasons=decision.reasons,
+            consent_version=decision.consent_version,
+            policy_version=self.config.policy_version,
+        )
+        return self.encoder.outcome(outcome)
+
+
 class Router:
-    """The router's processor: state from compacted topics, decisions per record."""
+    """The router job: state from compacted topics, a decision per record."""
 
     def __init__(
         self,
         config: PolicyConfig,
         contracts: Contracts,
         redactor: PersonalInformationRedactor | None = None,
-        clock: Callable[[], int] = wall_clock_ms,
-        metrics: JobMetrics | None = None,
         redaction_processes: int = 0,
     ) -> None:
         """``redaction_processes`` > 0 builds candidates in that many worker processes
         (with the default redactor); 0 builds them in this process with ``redactor``."""
         self.config = config
-        self.topics = config.topics
-        self.clock = clock
+        self.topics = contracts.topics
         self.ledger = DataControlsLedger(config.defaults)
         self.holds = HoldIndex()
         # Per decision outcome (routes, rule ids): one cheap count per record on the hot path,
-        # expanded into per-route and per-rule counts only when asked (stats, rules).
+        # expanded into per-route counts only when asked (``stats``).
         self._outcomes: Counter[tuple[frozenset[str], tuple[str, ...]]] = Counter()
-        self.inputs: Counter[str] = Counter()
-        self.dead_letters: Counter[str] = Counter()
-        self.metrics = metrics
-        self.lag_source: Any = None  # the group consumer, for the lag gauge
-        self._published: dict[str, Counter[str]] = {}
-        self._next_publish = 0.0
         codec = contracts.codec
-        self._codecs: dict[str, Codec] = {
-            getattr(self.topics, field): codec(field) for field in _INPUTS + _STATE
+        self._state_codecs: dict[str, Codec] = {
+            self.topics.name(field): codec(field) for field in _STATE
         }
-        self._topic = {field: getattr(self.topics, field) for field in _ENCODED}
-        self._topic["audit_decided"] = self.topics.audit
-        self._decided: dict[_DecisionKey, _Decided] = {}
-        codecs = {field: codec(field) for field in _ENCODED}
-        self._encoder = OutputEncoder(config, codecs, redactor)
+        self._encoder = OutputEncoder(config, {field: codec(field) for field in _ENCODED}, redactor)
+        self._decisions = DecisionMemory(config, self._encoder)
         self._offload: Offload[OutputItem] | None = None
         if redaction_processes > 0:
             if redactor is not None:
@@ -250,9 +283,18 @@ class Router:
                 (config, contracts_spec),
                 processes=redaction_processes,
             )
-        self._state_outputs: list[Output] = []
+        self._bad_state: list[tuple[Source, bytes | None, str, str]] = []
         self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
+        self.spec = JobSpec(
+            name=JOB,
+            inputs=_INPUTS,
+            outputs=("log_store", "training_candidates", "usage_events", "audit", "dead_letters"),
+            punctuators=(Punctuator(0, self.refresh),),  # every turn, before consuming
+            invalid=(InvalidRecord, TypeError),
+            withheld_rules=("R2",),
+            keep_invalid_content=self._may_keep,
+        )
 
     # --- state topics -------------------------------------------------------------
     def attach_state_reader(
@@ -260,7 +302,7 @@ class Router:
     ) -> CompactedReader:
         self._state_reader = CompactedReader(
             bootstrap_servers,
-            [getattr(self.topics, f) for f in _STATE],
+            [self.topics.name(f) for f in _STATE],
             self.apply_state,
             group_id=group_id,
         )
@@ -272,7 +314,7 @@ class Router:
         if value is None:
             return  # a compacted-away entry; nothing to apply
         try:
-            record = self._codecs[source.topic].decode(value)
+            record = self._state_codecs[source.topic].decode(value)
             t = self.topics
             if source.topic == t.data_controls:
                 self.ledger.apply(DataControlChange(**record))
@@ -289,131 +331,81 @@ class Router:
         except (DecodeError, InvalidRecord, TypeError) as exc:
             reason = getattr(exc, "reason", "fields do not match contract")
             # R17: a bad control record is set aside and reported; the state stays as it was.
-            self._state_outputs.extend(
-                self._dead_letter(source, message.key(), None, reason, type(exc).__name__, None)
-            )
+            self._bad_state.append((source, message.key(), reason, type(exc).__name__))
 
-    def refresh(self) -> list[Output]:
+    def refresh(self, ctx: Context) -> None:
+        """Every turn: read what the state topics brought, advance the watermark, report bad
+        control records (R17; written with the next batch, even if this one aborts)."""
         reader = self._state_reader
         if reader is not None:
             reader.poll()
         while self._watermarks and (reader is None or reader.reached(self._watermarks[0][1])):
             self.ledger.advance_watermark(self._watermarks.pop(0)[0])
-        outputs, self._state_outputs = self._state_outputs, []
-        if self.metrics is not None and time.monotonic() >= self._next_publish:
-            self.publish_metrics(self.metrics)
-        return outputs
-
-    def publish_metrics(self, metrics: JobMetrics) -> None:
-        """Counters are kept in plain Counters on the hot path and pushed once a second."""
-        self._next_publish = time.monotonic() + 1.0
-        for name, counts, push in (
-            ("in", self.inputs, metrics.record_in),
-            ("out", self.stats, metrics.record_out),
-            ("rules", self.rules, metrics.decision),
-            ("dead", self.dead_letters, metrics.dead_letter),
-        ):
-            seen = self._published.setdefault(name, Counter())
-            for key, total in counts.items():
-                if key != "decisions" and total > seen[key]:
-                    push(key, total - seen[key])
-                    seen[key] = total
-        if self.lag_source is not None:
-            metrics.observe_consumer_lag(self.lag_source)
+        bad, self._bad_state = self._bad_state, []
+        for source, key, reason, error_class in bad:
+            ctx.dead_letter(reason, error_class, about=(source, key))
 
     # --- records ------------------------------------------------------------------
-    def process(self, message: Message) -> list[Output] | None:
-        source = source_of(message)
-        self.inputs[source.topic] += 1
-        value = message.value()
-        if value is not None and len(value) > self.config.max_record_bytes:
-            return self._dead_letter(
-                source, message.key(), None, "oversize record", "Oversize", None
-            )
-        codec = self._codecs[source.topic]
-        try:
-            record = codec.decode(value)
-        except DecodeError as exc:
-            return self._dead_letter(source, message.key(), value, exc.reason, "DecodeError", None)
-        try:
-            if source.topic == self.topics.request_logs:
-                return self._route_request(source, record, value)
-            return self._route_finetune_row(source, record)
-        except InvalidRecord as exc:
-            return self._dead_letter(
-                source, message.key(), value, exc.reason, "InvalidRecord", record
-            )
-        except TypeError:
-            return self._dead_letter(
-                source, message.key(), value, "fields do not match contract", "TypeError", record
-            )
+    def process(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
+        if ctx.source.topic == self.topics.request_logs:
+            return self._route_request(ctx, record)
+        return self._route_finetune_row(ctx, record)
 
-    def _route_request(
-        self, source: Source, record: dict[str, Any], raw: bytes | None = None
-    ) -> list[Output] | None:
+    def _may_keep(self, org_id: str | None, record: Mapping[str, Any]) -> bool:
+        """R17/R1/R2: an invalid record's bytes are copied into its dead letter only for an
+        identified SaaS org that never had ZDR and is not being deleted."""
+        return (
+            org_id is not None
+            and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
+            and not self.ledger.ever_zero_data_retention(org_id)
+            and self.ledger.deletion_requested_at(org_id) is None
+        )
+
+    def _route_request(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
         request = validate_request(record)
-        now = self.clock()
+        now = ctx.now()
         state = watermark_state(
             request.created_at_ms, self.ledger.watermark_ms, now, self.config.watermark_stall_ms
         )
         if state == WatermarkState.WAITING and request.deployment == Deployment.SAAS:
-            return None  # R12: decided once every control change up to its creation is known
+            return DEFER  # R12: decided once every control change up to its creation is known
         controls = self.ledger.controls_at(request.org_id, request.created_at_ms)
         flags = self.holds.covering(
             request.org_id, request.api_key_id, request.request_id, request.created_at_ms, "misuse"
         )
         deletion_requested = self.ledger.deletion_requested_at(request.org_id) is not None
         flag_ids = tuple([h.hold_id for h in flags]) if flags else ()
-        key = (request_shape(request), controls, (state, flag_ids, deletion_requested))
-        decided = self._decided.get(key) or self._decide(key)
+        decided = self._decisions.request(
+            (request_shape(request), controls, (state, flag_ids, deletion_requested))
+        )
         decision = decided.decision
-        outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
+        self._emit(ctx, "usage_events", request.org_id, usage_event(request, self.config))
         if decided.stamp is not None:
             # R4: the request's own bytes plus the stamp; no re-encoding of the content
+            raw = ctx.value
             stored = (
                 None if raw is None else self._encoder.log_store_stamped.join(raw, decided.stamp)
             )
             if stored is None:  # written with another version of the request contract
                 record_ = log_store_record(request, decision, self.config)
                 stored = self._encoder.encode_one("log_store", record_)
-            outputs.append(Output(self._topic["log_store"], request.request_id, stored))
+            ctx.emit("log_store", request.request_id, stored)
         if decision.has(Route.TRAINING_CANDIDATE):
             # The validated request: unpickling it costs the offload a third of decoding the
             # bytes again (benchmarks/router_bench.py measured less CPU per record in all).
             candidate = (request, decision.consent_version)
-            outputs.append(self._emit("training_candidates", request.request_id, candidate))
-        outputs.append(
-            self._audit(source, request.request_id, "request", request.org_id, decided.outcome, now)
-        )
-        self._count(decision)
-        return outputs
+            self._emit(ctx, "training_candidates", request.request_id, candidate)
+        self._audit(ctx, request.request_id, "request", request.org_id, decided, now)
+        return None
 
-    def _decide(self, key: _DecisionKey) -> _Decided:
-        """R1-R4, R7, R9, R11-R15 for one decision key (see ``RequestShape``), remembered."""
-        shape, controls, (state, flag_ids, deletion_requested) = key
-        facts = RoutingFacts(
-            watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
-        )
-        decision = decide_request_shape(shape, controls, facts, self.config)
-        stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
-        decided = _Decided(
-            decision,
-            self._outcome(decision),
-            None if stamp is None else self._encoder.stamp(stamp),
-        )
-        if len(self._decided) >= _MAX_DECIDED:
-            self._decided.clear()
-        self._decided[key] = decided
-        return decided
-
-    def _route_finetune_row(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
+    def _route_finetune_row(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
         row = validate_finetune_row(record)
-        now = self.clock()
+        now = ctx.now()
         state = watermark_state(
             row.uploaded_at_ms, self.ledger.watermark_ms, now, self.config.watermark_stall_ms
         )
         if state == WatermarkState.WAITING:
-            return None
+            return DEFER
         controls = self.ledger.controls_at(row.org_id, row.uploaded_at_ms)
         flags = self.holds.covering(row.org_id, "", row.row_id, row.uploaded_at_ms, "misuse")
         facts = RoutingFacts(
@@ -422,14 +414,12 @@ class Router:
             deletion_requested=self.ledger.deletion_requested_at(row.org_id) is not None,
         )
         decision = decide_finetune_row(row, controls, facts, self.config)
-        outputs = []
         if decision.has(Route.TRAINING_CANDIDATE):
             candidate = (row, decision.consent_version)
-            outputs.append(self._emit("training_candidates", row.row_id, candidate))
-        outcome = self._outcome(decision)
-        outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, outcome, now))
-        self._count(decision)
-        return outputs
+            self._emit(ctx, "training_candidates", row.row_id, candidate)
+        decided = _Decided(decision, self._decisions.outcome(decision), None)
+        self._audit(ctx, row.row_id, "finetune_row", row.org_id, decided, now)
+        return None
 
     # --- outputs ------------------------------------------------------------------
     def close(self) -> None:
@@ -437,86 +427,38 @@ class Router:
         if self._offload is not None:
             self._offload.close()
 
-    def _emit(self, field: str, key: str, payload: Any) -> Output:
+    def _emit(self, ctx: Context, field: str, key: str, payload: Any) -> None:
         if self._offload is not None and field in _OFFLOADED:
-            return Output(self._topic[field], key, self._offload.submit((field, payload)))
-        return Output(self._topic[field], key, self._encoder.encode_one(field, payload))
-
-    def _outcome(self, decision: Decision) -> bytes:
-        """R16: the audit fields a decision fixes (routes, rules, reasons, versions), encoded."""
-        outcome = audit_outcome(
-            job=JOB,
-            routes=decision.routes,
-            rule_ids=decision.rule_ids,
-            reasons=decision.reasons,
-            consent_version=decision.consent_version,
-            policy_version=self.config.policy_version,
-        )
-        return self._encoder.outcome(outcome)
+            ctx.emit(field, key, self._offload.submit((field, payload)))
+        else:
+            ctx.emit(field, key, self._encoder.encode_one(field, payload))
 
     def _audit(
         self,
-        source: Source,
+        ctx: Context,
         subject_id: str,
         kind: str,
         org_id: str | None,
-        outcome: bytes,
+        decided: _Decided,
         now: int,
-    ) -> Output:
-        """R16: one audit record, a decision's encoded ``outcome`` joined to its subject."""
+    ) -> None:
+        """R16: one audit record, a decision's encoded outcome joined to its subject."""
         subject = audit_subject(
             job=JOB,
-            source=source,
+            source=ctx.source,
             subject_id=subject_id,
             subject_kind=kind,
             org_id=org_id,
             decided_at_ms=now,
         )
-        return self._emit("audit_decided", subject_id, (subject, outcome))
-
-    def _dead_letter(
-        self,
-        source: Source,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        error_class: str,
-        record: dict[str, Any] | None,
-    ) -> list[Output]:
-        """R17: set the record aside with its coordinates; copy bytes only when R1/R2 allow."""
-        org_id = record.get("org_id") if record else None
-        org_id = org_id if isinstance(org_id, str) and org_id else None
-        keep = (
-            org_id is not None
-            and record is not None
-            and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
-            and not self.ledger.ever_zero_data_retention(org_id)
-            and self.ledger.deletion_requested_at(org_id) is None
+        ctx.emit(
+            "audit",
+            subject_id,
+            self._encoder.encode_one("audit_decided", (subject, decided.outcome)),
         )
-        rule_ids = ("R17",) if keep else ("R17", "R2")
-        letter, audit = dead_letter_decision(
-            job=JOB,
-            source=source,
-            reason=reason,
-            error_class=error_class,
-            org_id=org_id,
-            original_key=key,
-            original_value=value,
-            keep_content=keep,
-            decided_at_ms=self.clock(),
-            policy_version=self.config.policy_version,
-            rule_ids=rule_ids,
-        )
-        self.dead_letters[error_class] += 1
-        self._outcomes[frozenset({Route.DEAD_LETTER.value}), rule_ids] += 1
-        log.warning("dead letter %s: %s", source.id, reason)
-        return [
-            self._emit("dead_letters", source.id, letter),
-            self._emit("audit", source.id, audit),
-        ]
-
-    def _count(self, decision: Decision) -> None:
+        decision = decided.decision
         self._outcomes[decision.routes, decision.rule_ids] += 1
+        ctx.decided(decision.rule_ids)
 
     @property
     def stats(self) -> Counter[str]:
@@ -528,81 +470,32 @@ class Router:
                 stats[route] += n
         return stats
 
-    @property
-    def rules(self) -> Counter[str]:
-        """Decisions per rule id."""
-        rules: Counter[str] = Counter()
-        for (_, rule_ids), n in self._outcomes.items():
-            for rule in rule_ids:
-                rules[rule] += n
-        return rules
-
 
 def build_router_loop(
-    bootstrap_servers: str,
-    registry_url: str,
-    config: PolicyConfig,
-    worker_id: str = "0",
-    clock: Callable[[], int] = wall_clock_ms,
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
     group_id: str | None = None,
     metrics: JobMetrics | None = None,
-    exit_when_stuck_s: float | None = None,
     redaction_processes: int | None = None,
-) -> tuple[TransactionalLoop, Router]:
-    """One router worker; ``redaction_processes`` defaults to
-    ``default_redaction_processes()``."""
-    contracts = Contracts(registry_client(registry_url), config.topics)
-    # Registering every contract up front fails fast on an incompatible registry state,
-    # and gives every process the same schema ids even on an in-memory registry.
-    contracts.register_all()
+) -> tuple[Runtime, Router]:
+    """One router worker on the runtime; ``redaction_processes`` defaults to the
+    settings', else ``default_redaction_processes()``."""
+    contracts = contracts_of(settings)
+    if redaction_processes is None:
+        redaction_processes = settings.redaction_processes
     if redaction_processes is None:
         redaction_processes = default_redaction_processes()
-    router = Router(
-        config, contracts, clock=clock, metrics=metrics, redaction_processes=redaction_processes
-    )
-    group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
-    reader = router.attach_state_reader(bootstrap_servers, f"{group}-state-reader")
-    reader.catch_up()
-    loop = TransactionalLoop(
-        LoopConfig(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group,
-            # Stable per worker: a restarted worker fences its dead predecessor.
-            transactional_id=f"{group}-{worker_id}",
-            input_topics=[getattr(config.topics, f) for f in _INPUTS],
-            exit_when_stuck_s=exit_when_stuck_s,
-        ),
-        router,
-    )
-    router.lag_source = loop.consumer
+    router = Router(settings.policy, contracts, redaction_processes=redaction_processes)
+    try:
+        group = group_id or settings.topology.group(JOB)
+        reader = router.attach_state_reader(settings.bootstrap_servers, f"{group}-state-reader")
+        reader.catch_up()
+        loop = runtime_of(
+            router, settings, contracts=contracts, metrics=metrics, clock=clock, group_id=group
+        )
+    except BaseException:
+        router.close()
+        raise
     loop.on_close.append(router.close)
     return loop, router
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run one router worker.")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    parser.add_argument("--registry", default=os.environ.get("SCHEMA_REGISTRY_URL"))
-    parser.add_argument("--worker-id", default=os.environ.get("STREAMS_WORKER_ID", "0"))
-    args = parser.parse_args(argv)
-    if not args.bootstrap or not args.registry:
-        parser.error("--bootstrap and --registry (or their environment variables) are required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    metrics = JobMetrics(JOB)
-    metrics.serve(port_from_env())
-    loop, router = build_router_loop(
-        args.bootstrap,
-        args.registry,
-        load_config(),
-        args.worker_id,
-        metrics=metrics,
-        exit_when_stuck_s=float(os.environ.get("STREAMS_EXIT_WHEN_STUCK_S", "60")),
-    )
-    loop.install_signal_handlers()
-    log.info("router worker %s started", args.worker_id)
-    loop.run()
-    log.info("router worker %s stopped: %s", args.worker_id, dict(router.stats))
-
-
-if __name__ == "__main__":
-    main()

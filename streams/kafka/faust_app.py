@@ -14,7 +14,7 @@ hashes with CRC-32. Jobs therefore pick the partition of every record they write
 themselves with ``partition_for`` so a key lands where the router would have put it
 (a log-store tombstone must land on its record's partition, or compaction never deletes).
 
-Used by the retention job; the usage job can build its app the same way.
+Used by the retention job (until it moves onto ``streams.kafka.runtime``).
 """
 
 from __future__ import annotations
@@ -27,22 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from faust.types import TopicT
 
 from streams.kafka.clients import client_config, faust_security
-from streams.kafka.topics import internal_topic
-from streams.policy.config import Topics
+from streams.kafka.topics import Topology, create_topic, internal_topic
 
 log = logging.getLogger(__name__)
 
 AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
-
-
-def topic_prefix(topics: Topics) -> str:
-    """The prefix ``Topics.with_prefix`` put in front of every name ('' for the defaults)."""
-    return topics.request_logs.removesuffix(Topics().request_logs)
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -57,7 +51,7 @@ class FaustSettings:
 
     job: str  # "retention", "usage": with the topic prefix, the app id and consumer group
     bootstrap_servers: str
-    topics: Topics
+    topics: Topology
     state_dir: Path
     processing_guarantee: str = AT_LEAST_ONCE
     commit_interval_s: float = 1.0
@@ -128,22 +122,8 @@ def ensure_topic(
 ) -> None:
     """Create a job-internal topic faust does not declare itself (e.g. a command topic)."""
     admin = AdminClient(client_config(bootstrap_servers))
-    if name in admin.list_topics(timeout=timeout).topics:
-        return
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
-            )
-        ],
-        operation_timeout=timeout,
-    )
-    for future in futures.values():
-        try:
-            future.result()
-        except Exception as exc:  # another worker created it first
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    if name not in admin.list_topics(timeout=timeout).topics:
+        create_topic(admin, name, partitions, config, timeout)
 
 
 def partition_counts(

@@ -11,6 +11,7 @@ endpoint (``serve``) on a configurable port::
     metrics.decision("R3")                # one decision, per rule id
     metrics.dead_letter("DecodeError")    # R17, per reason class
     metrics.lag(partition, value)         # consumer lag per input partition
+    metrics.state_size(store, entries)    # entries of a managed state store
     metrics.observe_consumer_lag(consumer)  # ... computed from a confluent-kafka consumer
 
 Label values are operational names only (topic, route, rule id, error class,
@@ -80,6 +81,12 @@ class JobMetrics:
             ["job", "topic", "partition"],
             registry=r,
         )
+        self._state = Gauge(
+            "streams_state_entries",
+            "Entries in a managed state store (all owned partitions)",
+            ["job", "store"],
+            registry=r,
+        )
         self._up = Gauge("streams_up", "1 while the job runs", ["job"], registry=r)
         self._up.labels(self.job).set(1)
 
@@ -109,6 +116,9 @@ class JobMetrics:
         self._lag.labels(
             self.job, self._label("topic", topic or "-"), self._label("partition", partition)
         ).set(max(0, int(value)))
+
+    def state_size(self, store: str, entries: int) -> None:
+        self._state.labels(self.job, self._label("store", store)).set(entries)
 
     def observe_consumer_lag(self, consumer: Any, every_s: float = 5.0) -> None:
         """Lag of each assigned partition of a confluent-kafka consumer (at most every ``every_s``).

@@ -25,8 +25,7 @@ from typing import Any
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from streams.kafka.topics import CATALOGUE, SCHEMAS_DIR, spec_for
-from streams.policy.config import Topics
+from streams.kafka.topics import CATALOGUE, SCHEMAS_DIR, Topology, spec_for
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -234,7 +233,7 @@ class ExtendingCodec:
 class Contracts:
     """The codecs of every topic in the catalogue, registered under ``<topic>-value``."""
 
-    def __init__(self, registry: SchemaRegistryClient, topics: Topics) -> None:
+    def __init__(self, registry: SchemaRegistryClient, topics: Topology) -> None:
         self.registry = registry
         self.topics = topics
         self._codecs: dict[str, Codec] = {}

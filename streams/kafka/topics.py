@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,73 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from streams.policy.config import Topics
-from streams.policy.models import DAY_MS
-
 log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+# Each topic's name without a prefix, by the field that names it in code.
+BASE_NAMES = {
+    "request_logs": "request-logs",
+    "data_controls": "data-controls",
+    "controls_watermark": "controls-watermark",
+    "misuse_flags": "misuse-flags",
+    "legal_holds": "legal-holds",
+    "account_deletions": "account-deletions",
+    "finetune_rows": "finetune-rows",
+    "log_store": "log-store",
+    "deletion_events": "deletion-events",
+    "safety_review": "safety-review",
+    "safety_evaluation": "safety-evaluation",
+    "training_candidates": "training-candidates",
+    "usage_events": "usage-events",
+    "usage_metrics": "usage-metrics",
+    "audit": "audit-decisions",
+    "dead_letters": "dead-letters",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The topic names of one deployment: every catalogue name under one explicit prefix
+    (empty in production; tests and demos share a broker under their own prefixes).
+    Consumer groups, transactional ids and job-internal topics are named under the same
+    prefix (``group``, ``internal_topic``)."""
+
+    prefix: str = ""
+    request_logs: str = field(init=False)
+    data_controls: str = field(init=False)
+    controls_watermark: str = field(init=False)
+    misuse_flags: str = field(init=False)
+    legal_holds: str = field(init=False)
+    account_deletions: str = field(init=False)
+    finetune_rows: str = field(init=False)
+    log_store: str = field(init=False)
+    deletion_events: str = field(init=False)
+    safety_review: str = field(init=False)
+    safety_evaluation: str = field(init=False)
+    training_candidates: str = field(init=False)
+    usage_events: str = field(init=False)
+    usage_metrics: str = field(init=False)
+    audit: str = field(init=False)
+    dead_letters: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, base in BASE_NAMES.items():
+            object.__setattr__(self, name, self.prefix + base)
+
+    def name(self, field_name: str) -> str:
+        """The topic of a catalogue field, e.g. ``name("audit")``."""
+        return self.prefix + BASE_NAMES[field_name]
+
+    def all(self) -> dict[str, str]:
+        """Field -> topic name, for every topic of the catalogue."""
+        return {name: self.prefix + base for name, base in BASE_NAMES.items()}
+
+    def group(self, role: str) -> str:
+        """A job's consumer group and transactional-id prefix, ``<prefix><role>`` (R18: the
+        role's ACLs grant groups and transactional ids named after it)."""
+        return self.prefix + role
+
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -75,7 +138,7 @@ FOREVER = -1
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    field: str  # attribute of ``Topics``
+    field: str  # attribute of ``Topology``
     schema: str  # file in schemas/
     partitions: int
     cleanup: str
@@ -85,7 +148,7 @@ class TopicSpec:
     doc: str
     key_fields: tuple[str, ...] = ()  # the record fields the key is made of, joined by "/"
 
-    def name(self, topics: Topics) -> str:
+    def name(self, topics: Topology) -> str:
         return str(getattr(topics, self.field))
 
     def schema_path(self) -> Path:
@@ -300,7 +363,7 @@ def key_for(field: str, record: Mapping[str, Any]) -> str:
     return "/".join(str(record[name]) for name in fields) if fields else field
 
 
-def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> list[str]:
+def ensure_topics(admin: AdminClient, topics: Topology, timeout: float = 30.0) -> list[str]:
     """Create missing topics and align configs of existing ones. Returns the names created."""
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = {spec.name(topics): spec for spec in CATALOGUE}
@@ -338,6 +401,32 @@ def ensure_topics(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> 
     return created
 
 
+def create_topic(
+    admin: AdminClient,
+    name: str,
+    partitions: int,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create a topic outside the catalogue (a job-internal one) unless it exists, and wait
+    until it is usable. Another worker creating it at the same time is fine."""
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+            )
+        ],
+        operation_timeout=timeout,
+    )
+    for future in futures.values():
+        try:
+            future.result()
+        except Exception as exc:  # another worker created it first
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    _wait_for_leaders(admin, [name], timeout)
+
+
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
     """A topic is usable once every partition has a leader; creation returns before that."""
     deadline = time.monotonic() + timeout
@@ -355,7 +444,7 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
             time.sleep(0.1)
 
 
-def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
+def acl_bindings(topics: Topology, prefix_groups: str = "") -> list[AclBinding]:
     """R18: each role may write the topics it owns and read only the topics it needs."""
     grants: set[tuple[ResourceType, str, ResourcePatternType, str, AclOperation]] = set()
     for spec in CATALOGUE:
@@ -396,12 +485,11 @@ def acl_bindings(topics: Topics, prefix_groups: str = "") -> list[AclBinding]:
     ]
 
 
-def internal_topic(topics: Topics, role: str, name: str) -> str:
+def internal_topic(topics: Topology, role: str, name: str) -> str:
     """A job-internal topic, "<topic prefix><role>.<name>" (e.g. "usage.state"); only
     ``role`` has access to its prefix (``acl_bindings``). A "." never follows a role name
     in the catalogue, so no catalogue topic falls under that prefix."""
-    prefix = topics.request_logs.removesuffix(Topics().request_logs)
-    return f"{prefix}{role}.{name}"
+    return f"{topics.prefix}{role}.{name}"
 
 
 def readers_of(field: str) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.kafka.clients import client_config
-from streams.policy.audit import Source
+from streams.source import Source
 
 log = logging.getLogger(__name__)
 

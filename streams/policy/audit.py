@@ -9,22 +9,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
-
-class Source(NamedTuple):
-    """Where an input record came from: topic, partition, offset.
-
-    A NamedTuple: the transactional loop builds one per consumed record.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.topic}/{self.partition}/{self.offset}"
+# Re-exported: the policy's callers name a decision's source with it.
+from streams.source import Source as Source
 
 
 def audit_record(

@@ -1,14 +1,15 @@
-"""One typed configuration for policy, thresholds and topic names.
+"""One typed configuration of the policy's knobs: versions, defaults and thresholds.
 
 R14: the published defaults (both training toggles on, no ZDR, 30 days) live
 here and nowhere else. Every output carries ``policy_version`` so a record can
-always be traced to the rules that let it through.
+always be traced to the rules that let it through. Topic names are the plumbing's
+(``streams.kafka.topics.Topology``); where the jobs connect is ``streams.settings``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from streams.policy.models import DAY_MS, DataControls
 
@@ -37,39 +38,6 @@ WORKSPACE_CONNECTORS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Topics:
-    """Topic names in one place; ``streams.kafka.topics`` adds partitions, retention, ACLs."""
-
-    request_logs: str = "request-logs"
-    data_controls: str = "data-controls"
-    controls_watermark: str = "controls-watermark"
-    misuse_flags: str = "misuse-flags"
-    legal_holds: str = "legal-holds"
-    account_deletions: str = "account-deletions"
-    finetune_rows: str = "finetune-rows"
-    log_store: str = "log-store"
-    deletion_events: str = "deletion-events"
-    safety_review: str = "safety-review"
-    safety_evaluation: str = "safety-evaluation"
-    training_candidates: str = "training-candidates"
-    usage_events: str = "usage-events"
-    usage_metrics: str = "usage-metrics"
-    audit: str = "audit-decisions"
-    dead_letters: str = "dead-letters"
-
-    def with_prefix(self, prefix: str) -> Topics:
-        """Same catalogue under a prefix, so tests and demos can share one broker."""
-        return Topics(**{name: prefix + value for name, value in _fields(self).items()})
-
-    def all(self) -> dict[str, str]:
-        return _fields(self)
-
-
-def _fields(topics: Topics) -> dict[str, str]:
-    return {name: getattr(topics, name) for name in Topics.__dataclass_fields__}
-
-
-@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     policy_version: str = POLICY_VERSION
     defaults: DataControls = DEFAULT_CONTROLS
@@ -86,18 +54,11 @@ class PolicyConfig:
     safety_time_bucket_ms: int = 7 * DAY_MS
     # R4: expiry must happen within this bound after a record falls due.
     deletion_bound_ms: int = 60_000
-    topics: Topics = field(default_factory=Topics)
-
-    def with_topics_prefix(self, prefix: str) -> PolicyConfig:
-        return replace(self, topics=self.topics.with_prefix(prefix))
 
 
 def load_config() -> PolicyConfig:
     """Configuration from the environment; unset values keep the defaults above."""
     config = PolicyConfig()
-    prefix = os.environ.get("STREAMS_TOPIC_PREFIX", "")
-    if prefix:
-        config = config.with_topics_prefix(prefix)
     stall = os.environ.get("STREAMS_WATERMARK_STALL_MS")
     if stall:
         config = replace(config, watermark_stall_ms=int(stall))

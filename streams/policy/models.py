@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -208,3 +208,21 @@ class Decision:
 
     def has(self, route: str) -> bool:
         return route in self.routes
+
+
+class Redacted(Protocol):
+    """A text with its personal information replaced by typed placeholders (R11)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+
+class PersonalInformationRedactor(Protocol):
+    """The R11 redactor (``streams.policy.redaction.Redactor``), as every job uses it."""
+
+    def redact(self, text: str) -> Redacted: ...
+
+    def redact_mapping(self, values: Mapping[str, Any]) -> tuple[dict, Mapping[str, int]]: ...

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from streams.policy.config import PolicyConfig
 from streams.policy.models import (
@@ -27,6 +27,7 @@ from streams.policy.models import (
     FineTuneRow,
     InvalidRecord,
     KeyType,
+    PersonalInformationRedactor,
     RequestLog,
     RequestSource,
     Route,
@@ -337,22 +338,6 @@ def usage_event(request: RequestLog, config: PolicyConfig) -> dict:
         "output_tokens": request.output_tokens,
         "policy_version": config.policy_version,
     }
-
-
-class Redacted(Protocol):
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def counts(self) -> Mapping[str, int]: ...
-
-
-class PersonalInformationRedactor(Protocol):
-    """The R11 redactor as the router uses it (``streams.policy.redaction.Redactor``)."""
-
-    def redact(self, text: str) -> Redacted: ...
-
-    def redact_mapping(self, values: Mapping[str, Any]) -> tuple[dict, Mapping[str, int]]: ...
 
 
 def training_candidate(

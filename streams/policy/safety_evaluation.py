@@ -34,10 +34,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from streams.policy.config import PolicyConfig
-from streams.policy.models import InvalidRecord
+from streams.policy.models import InvalidRecord, PersonalInformationRedactor
 
 # Typed placeholders of the customer identifiers (R8); the IP one is R11's.
 ORG_ID = "ORG_ID"
@@ -59,20 +59,6 @@ EVALUATION_FIELDS = (
     "redaction_counts",
     "policy_version",
 )
-
-
-class Redacted(Protocol):
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def counts(self) -> Mapping[str, int]: ...
-
-
-class PersonalInformationRedactor(Protocol):
-    """The R11 redactor (``streams.policy.redaction.Redactor``)."""
-
-    def redact(self, text: str) -> Redacted: ...
 
 
 @dataclass(frozen=True, slots=True)

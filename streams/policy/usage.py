@@ -1,9 +1,8 @@
 """R3 usage metrics: every request counted, per org, endpoint, model and hourly window.
 
 Pure logic (no Kafka, no faust): validation of a usage event, the tumbling window it
-falls in, the metric key, the running totals and the UsageMetric record. Both usage
-engines (``streams.jobs.usage``) build on it, so the faust and the transactional
-engine count the same way.
+falls in, the metric key, the running totals and the UsageMetric record. The usage job
+(``streams.jobs.usage``) wires it to Kafka.
 
 What a metric carries (R3): org, endpoint, model, window, requests, input and output
 tokens, policy version. Never content, API key, user, IP or request id: the request

@@ -18,8 +18,9 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import ensure_topics, key_for
+from streams.kafka.topics import Topology, ensure_topics, key_for
 from streams.policy.config import PolicyConfig
+from streams.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +48,24 @@ class Stack:
     config: PolicyConfig
     contracts: Contracts
 
+    @property
+    def topology(self) -> Topology:
+        return self.contracts.topics
+
+    def settings(self, worker_id: str = "0", **overrides: Any) -> Settings:
+        """A worker's settings on this stack (the ``streams run`` view of it)."""
+        return Settings(
+            self.bootstrap,
+            self.registry_url,
+            topology=self.topology,
+            policy=self.config,
+            worker_id=worker_id,
+            **overrides,
+        )
+
     def produce(self, field: str, records: list[tuple[str | None, Any]]) -> None:
         """Encode each value with the topic's contract (bytes are sent as they are)."""
-        topic = getattr(self.config.topics, field)
+        topic = getattr(self.topology, field)
         codec = self.contracts.codec(field)
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         errors: list[object] = []
@@ -67,7 +83,7 @@ class Stack:
 
     def read(self, field: str, idle_timeout_s: float = 1.0) -> list[tuple[str | None, Any]]:
         """Every committed record of the topic, decoded; tombstones as (key, None)."""
-        topic = getattr(self.config.topics, field)
+        topic = getattr(self.topology, field)
         codec = self.contracts.codec(field)
         out: list[tuple[str | None, Any]] = []
         for key, value, _, _ in read_topic(self.bootstrap, topic, idle_timeout_s):
@@ -79,7 +95,7 @@ class Stack:
         return out
 
     def raw(self, field: str) -> list[bytes]:
-        topic = getattr(self.config.topics, field)
+        topic = getattr(self.topology, field)
         return [v for _, v, _, _ in read_topic(self.bootstrap, topic, 1.0) if v is not None]
 
 
@@ -93,11 +109,11 @@ def make_stack(bootstrap: str, registry_url: str) -> Stack:
     name = uuid.uuid4().hex[:8]
     if registry_url.startswith("mock://"):
         registry_url = f"{registry_url}-{name}"
-    config = PolicyConfig().with_topics_prefix(f"t{name}.")
-    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), config.topics)
-    contracts = Contracts(registry_client(registry_url), config.topics)
+    topology = Topology(f"t{name}.")
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topology)
+    contracts = Contracts(registry_client(registry_url), topology)
     contracts.register_all()
-    return Stack(bootstrap, registry_url, config, contracts)
+    return Stack(bootstrap, registry_url, PolicyConfig(), contracts)
 
 
 @pytest.fixture()

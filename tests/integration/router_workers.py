@@ -24,7 +24,7 @@ LOG_DIR = Path(tempfile.gettempdir()) / "streams-test-workers"
 
 
 def cluster_of(stack: Stack) -> Cluster:
-    return Cluster(stack.bootstrap, stack.registry_url, stack.config, LOG_DIR)
+    return Cluster(stack.bootstrap, stack.registry_url, stack.topology, LOG_DIR)
 
 
 def start_worker(stack: Stack, worker_id: str) -> Supervised:
@@ -43,7 +43,7 @@ def workers(stack: Stack, *ids: str) -> Iterator[list[Supervised]]:
 
 
 def high_watermark(stack: Stack, field: str) -> int:
-    topic = getattr(stack.config.topics, field)
+    topic = getattr(stack.topology, field)
     consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "hw-probe"})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

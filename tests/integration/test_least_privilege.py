@@ -23,20 +23,19 @@ from confluent_kafka.admin import AdminClient
 from streams.infra.broker import LocalKafka
 from streams.jobs.processes import Cluster, start_job, stop_jobs
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.topics import CATALOGUE, ROLES, acl_bindings, ensure_topics, key_for
-from streams.policy.config import PolicyConfig, Topics
+from streams.kafka.topics import CATALOGUE, ROLES, Topology, acl_bindings, ensure_topics, key_for
 from streams.traffic import TrafficGenerator, TrafficMix
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[tuple[LocalKafka, Topics]]:
+def secured() -> Iterator[tuple[LocalKafka, Topology]]:
     kafka = LocalKafka(authenticated=True, users={role: f"{role}-pw" for role in ROLES})
     kafka.start()
     try:
         admin = AdminClient(kafka.client_config())
-        topics = Topics()
+        topics = Topology()
         ensure_topics(admin, topics)
         for future in admin.create_acls(acl_bindings(topics)).values():
             future.result()
@@ -102,7 +101,7 @@ def _partitions(kafka: LocalKafka, topic: str) -> int:
     ],
 )
 def test_each_output_topic_is_readable_only_by_its_role_R18(
-    secured: tuple[LocalKafka, Topics], field: str, allowed: str, denied: tuple[str, ...]
+    secured: tuple[LocalKafka, Topology], field: str, allowed: str, denied: tuple[str, ...]
 ) -> None:
     """R18: safety review for the safety team, candidates for training, usage for analytics."""
     kafka, topics = secured
@@ -128,7 +127,7 @@ def _produce_as(kafka: LocalKafka, role: str, topic: str, records: list[tuple[st
     assert producer.flush(30) == 0
 
 
-def _audited(kafka: LocalKafka, topics: Topics, codec: Codec) -> set[str]:
+def _audited(kafka: LocalKafka, topics: Topology, codec: Codec) -> set[str]:
     """Subjects of every committed audit record, read as the privacy-audit team."""
     consumer = Consumer(
         {
@@ -168,13 +167,12 @@ def _job_env(role: str) -> dict[str, str]:
 
 
 def test_router_worker_runs_as_its_own_principal_and_needs_its_grants_R18(
-    secured: tuple[LocalKafka, Topics], schema_registry_url: str, tmp_path: Path
+    secured: tuple[LocalKafka, Topology], schema_registry_url: str, tmp_path: Path
 ) -> None:
     """R18: the router job connects as User:router (its SASL settings from the environment)
     and routes requests with only the shipped grants; the same job started with the
     training team's credentials is refused and routes nothing."""
     kafka, topics = secured
-    config = PolicyConfig()  # the topic names the ACLs were made for
     contracts = Contracts(registry_client(schema_registry_url), topics)
     contracts.register_all()
     now = time.time_ns() // 1_000_000
@@ -203,7 +201,7 @@ def test_router_worker_runs_as_its_own_principal_and_needs_its_grants_R18(
     )
     ids = {r["request_id"] for r in requests}
     audit = contracts.codec("audit")
-    cluster = Cluster(kafka.bootstrap_servers, schema_registry_url, config, tmp_path)
+    cluster = Cluster(kafka.bootstrap_servers, schema_registry_url, topics, tmp_path)
 
     intruder = start_job(cluster, "router", "9", extra_env=_job_env("training"))
     try:

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.jobs.retention import write_clock
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import Topology, ensure_topics
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS, HOUR_MS
 from streams.policy.retention import owner_partition
@@ -65,11 +65,11 @@ def registries(request: pytest.FixtureRequest) -> Registries:
 
 @pytest.fixture()
 def rstack(kafka_bootstrap: str, registries: Registries) -> Stack:
-    config = PolicyConfig().with_topics_prefix(f"ret{uuid.uuid4().hex[:8]}.")
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), config.topics)
-    contracts = Contracts(registry_client(registries.test_url), config.topics)
+    topology = Topology(f"ret{uuid.uuid4().hex[:8]}.")
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), topology)
+    contracts = Contracts(registry_client(registries.test_url), topology)
     contracts.register_all()
-    return Stack(kafka_bootstrap, registries.test_url, config, contracts)
+    return Stack(kafka_bootstrap, registries.test_url, PolicyConfig(), contracts)
 
 
 class Worker:
@@ -87,7 +87,7 @@ class Worker:
         self.stack = stack
         self.clock = tmp / "clock"
         self.log_path = tmp / f"{name}.log"
-        prefix = stack.config.topics.log_store.removesuffix("log-store")
+        prefix = stack.topology.prefix
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
@@ -111,7 +111,7 @@ class Worker:
         self.starts += 1
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.jobs.retention"],
+                [sys.executable, "-m", "streams.cli", "run", "retention"],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -175,7 +175,7 @@ class Outputs:
                 "isolation.level": "read_committed",
             }
         )
-        self._field_of = {getattr(self.stack.config.topics, f): f for f in self.fields}
+        self._field_of = {getattr(self.stack.topology, f): f for f in self.fields}
         self.consumer.assign(
             [
                 TopicPartition(topic, p, OFFSET_BEGINNING)
@@ -321,7 +321,7 @@ def produce_like_the_router(stack: Stack, records: list[dict[str, Any]]) -> None
     codec = stack.contracts.codec("log_store")
     for record in records:
         producer.produce(
-            stack.config.topics.log_store, key=record["request_id"], value=codec.encode(record)
+            stack.topology.log_store, key=record["request_id"], value=codec.encode(record)
         )
     assert producer.flush(30) == 0
 

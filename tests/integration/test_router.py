@@ -73,10 +73,10 @@ def watermark(stack: Stack, at_ms: int) -> None:
 
 
 def run_router(stack: Stack, decisions: int, timeout_s: float = 60.0, **kwargs: Any) -> Router:
-    loop, router = build_router_loop(stack.bootstrap, stack.registry_url, stack.config, **kwargs)
+    loop, router = build_router_loop(stack.settings(), **kwargs)
     deadline = time.monotonic() + timeout_s
-    loop.run(until=lambda: router.stats["decisions"] >= decisions or time.monotonic() > deadline)
-    assert router.stats["decisions"] >= decisions, dict(router.stats)
+    loop.run(until=lambda: loop.decided >= decisions or time.monotonic() > deadline)
+    assert loop.decided >= decisions, loop.summary()
     return router
 
 
@@ -226,7 +226,7 @@ def test_late_control_change_is_honoured_R12(stack: Stack) -> None:
     # R16: anyone can ask why; the answer comes from the audit topic.
     from streams.cli import explain
 
-    why = explain("r-before", stack.bootstrap, stack.registry_url, stack.config)
+    why = explain("r-before", stack.settings())
     assert "R12" in why and "toggle off" in why and "consent-off" in why
     assert "prompt of" not in why
 
@@ -289,7 +289,7 @@ def _other_schema_bytes(stack: Stack, schema: dict[str, Any], record: dict[str, 
     from confluent_kafka.schema_registry import Schema
 
     schema_id = stack.contracts.registry.register_schema(
-        f"{stack.config.topics.request_logs}-other", Schema(json.dumps(schema), "AVRO")
+        f"{stack.topology.request_logs}-other", Schema(json.dumps(schema), "AVRO")
     )
     out = io.BytesIO()
     out.write(struct.pack(">bI", 0, schema_id))
@@ -342,7 +342,7 @@ def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17(stack: Sta
     ):
         assert expected in reasons, reasons
     for letter in letters:
-        assert letter["source_topic"] == stack.config.topics.request_logs
+        assert letter["source_topic"] == stack.topology.request_logs
         assert letter["source_offset"] >= 0
     zdr_letter = next(letter for letter in letters if letter["org_id"] == "zdr")
     assert zdr_letter["content_withheld"] and zdr_letter["original_value"] is None  # R2
@@ -360,12 +360,10 @@ def test_router_metrics_count_routes_rules_and_dead_letters_without_content_R16(
     metrics = JobMetrics("router")
     watermark(stack, NOW)
     stack.produce("request_logs", [("r-m", request("metrics-org", "r-m")), ("bad", b"garbage!")])
-    loop, router = build_router_loop(
-        stack.bootstrap, stack.registry_url, stack.config, metrics=metrics
-    )
+    loop, router = build_router_loop(stack.settings(), metrics=metrics)
     deadline = time.monotonic() + 60
-    loop.run(until=lambda: router.stats["decisions"] >= 2 or time.monotonic() > deadline)
-    router.publish_metrics(metrics)
+    loop.run(until=lambda: loop.decided >= 2 or time.monotonic() > deadline)
+    loop.publish_metrics()
     text = metrics.exposition().decode()
     assert 'rule="R9"' in text and 'rule="R17"' in text
     assert 'route="log_store"' in text

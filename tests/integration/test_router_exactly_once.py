@@ -41,7 +41,7 @@ def test_sigkill_mid_stream_routes_every_record_exactly_once_R16_R9_R4(stack: St
 def _comparable(stack: Stack, out: dict[str, list[tuple[Any, Any]]]) -> dict[str, set[Any]]:
     """Outputs without what legitimately differs between runs (times, offsets, topic prefix)."""
     volatile = {"decided_at_ms", "decision_id", "source_partition", "source_offset", "source_topic"}
-    prefix = stack.config.topics.request_logs.removesuffix("request-logs")
+    prefix = stack.topology.prefix
     result = {}
     for field, records in out.items():
         result[field] = {

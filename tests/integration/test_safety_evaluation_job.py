@@ -27,10 +27,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.jobs.safety_evaluation import build_safety_evaluation_loop, group_id
+from streams.jobs.safety_evaluation import build_job
+from streams.jobs.wiring import runtime_of
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Contracts, registry_client
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import SAFETY_EVALUATION, Topology, ensure_topics
 from streams.policy.config import PolicyConfig
 from streams.policy.models import HOUR_MS
 from streams.policy.safety_evaluation import EVALUATION_FIELDS
@@ -64,11 +65,11 @@ def registries(request: pytest.FixtureRequest) -> Registries:
 @pytest.fixture()
 def sstack(kafka_bootstrap: str, registries: Registries) -> Stack:
     pytest.importorskip("streams.policy.redaction")  # R11 redactor (landed separately)
-    config = PolicyConfig().with_topics_prefix(f"se{uuid.uuid4().hex[:8]}.")
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), config.topics)
-    contracts = Contracts(registry_client(registries.test_url), config.topics)
+    topology = Topology(f"se{uuid.uuid4().hex[:8]}.")
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), topology)
+    contracts = Contracts(registry_client(registries.test_url), topology)
     contracts.register_all()
-    return Stack(kafka_bootstrap, registries.test_url, config, contracts)
+    return Stack(kafka_bootstrap, registries.test_url, PolicyConfig(), contracts)
 
 
 # --- input -------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def forbidden_strings(reviews: list[dict[str, Any]]) -> set[str]:
 def read_all(stack: Stack, field: str, timeout_s: float = 60.0) -> list[Any]:
     """Every committed record of a topic, each partition read to its end (open transactions
     waited out): (key, value, timestamp)."""
-    topic = getattr(stack.config.topics, field)
+    topic = getattr(stack.topology, field)
     probe = Consumer(
         {
             "bootstrap.servers": stack.bootstrap,
@@ -198,18 +199,19 @@ def test_R8_R11_no_customer_identifier_or_pii_in_any_output_byte(sstack: Stack) 
 
     metrics = JobMetrics("safety-evaluation")
     port = metrics.serve(0)
-    loop, evaluator = build_safety_evaluation_loop(
-        stack.bootstrap, stack.registry_url, stack.config, "it", metrics=metrics
-    )
+    settings = stack.settings("it")
+    evaluator = build_job(settings)
+    loop = runtime_of(evaluator, settings, metrics=metrics)
     stats = evaluator.stats
     deadline = time.monotonic() + 90
-    loop.run(until=lambda: sum(stats.values()) >= total or time.monotonic() > deadline)
+    loop.run(until=lambda: loop.consumed >= total or time.monotonic() > deadline)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             exposition = resp.read().decode()
     finally:
         metrics.stop()
-    assert stats == {"evaluated": 40, "duplicate": 3, "nothing_to_evaluate": 1, "dead_letter": 2}
+    assert stats == {"evaluated": 40, "duplicate": 3, "nothing_to_evaluate": 1}
+    assert loop.summary()["dead_letters"] == 2
 
     forbidden = forbidden_strings(reviews + [empty, invalid])
     raw = read_all(stack, "safety_evaluation")
@@ -266,7 +268,7 @@ def test_R8_R11_no_customer_identifier_or_pii_in_any_output_byte(sstack: Stack) 
     for letter in letters:
         assert letter["content_withheld"] and letter["original_value"] is None
         assert letter["original_key"] is None
-        assert letter["source_topic"] == stack.config.topics.safety_review
+        assert letter["source_topic"] == stack.topology.safety_review
     assert CANARY.encode() not in b"".join(v for _, v, _ in read_all(stack, "dead_letters"))
 
     # operational metrics only
@@ -288,7 +290,7 @@ def test_R8_sigkill_mid_stream_one_evaluation_per_flagged_request(
     n = 3000
     reviews = [review(i) for i in range(n)]
     stack.produce("safety_review", [(key_of(r), r) for r in reviews])
-    prefix = stack.config.topics.safety_review.removesuffix("safety-review")
+    prefix = stack.topology.prefix
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
@@ -301,7 +303,7 @@ def test_R8_sigkill_mid_stream_one_evaluation_per_flagged_request(
     def start() -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "streams.jobs.safety_evaluation"],
+                [sys.executable, "-m", "streams.cli", "run", "safety-evaluation"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -309,7 +311,7 @@ def test_R8_sigkill_mid_stream_one_evaluation_per_flagged_request(
 
     def audited() -> int:
         consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "hw"})
-        topic = stack.config.topics.audit
+        topic = stack.topology.audit
         try:
             parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             return sum(
@@ -323,11 +325,11 @@ def test_R8_sigkill_mid_stream_one_evaluation_per_flagged_request(
         consumer = Consumer(
             {
                 "bootstrap.servers": stack.bootstrap,
-                "group.id": group_id(stack.config),
+                "group.id": stack.topology.group(SAFETY_EVALUATION),
                 "isolation.level": "read_uncommitted",
             }
         )
-        topic = stack.config.topics.safety_review
+        topic = stack.topology.safety_review
         try:
             parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             tps = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)

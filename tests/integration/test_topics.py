@@ -15,19 +15,19 @@ def test_ensure_topics_is_idempotent_and_realigns_drifted_config_R4(stack: Stack
     """Running the topics command twice creates nothing new; a drifted retention is put back,
     so the log store can never lose a held record to broker time-retention (R4/R5/R6)."""
     admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    log_store = stack.config.topics.log_store
+    log_store = stack.topology.log_store
     drift = ConfigResource(ResourceType.TOPIC, log_store, set_config={"retention.ms": "1000"})
     for future in admin.alter_configs([drift]).values():
         future.result()
-    assert ensure_topics(admin, stack.config.topics) == []
+    assert ensure_topics(admin, stack.topology) == []
     resources = [
-        ConfigResource(ResourceType.TOPIC, spec.name(stack.config.topics)) for spec in CATALOGUE
+        ConfigResource(ResourceType.TOPIC, spec.name(stack.topology)) for spec in CATALOGUE
     ]
     described = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
     for spec in CATALOGUE:
-        configs = described[spec.name(stack.config.topics)]
+        configs = described[spec.name(stack.topology)]
         assert configs["cleanup.policy"].value == spec.cleanup, spec.field
         assert configs["retention.ms"].value == str(spec.retention_ms), spec.field
     assert described[log_store]["retention.ms"].value == "-1"
     assert described[log_store]["cleanup.policy"].value == "compact"
-    assert described[stack.config.topics.dead_letters]["retention.ms"].value == str(30 * 86_400_000)
+    assert described[stack.topology.dead_letters]["retention.ms"].value == str(30 * 86_400_000)

@@ -1,10 +1,8 @@
 """R3 usage job on the real broker: exact hourly totals, also after a SIGKILL mid-stream.
 
-Workers run as separate processes (``python -m streams.jobs.usage``), are SIGKILLed in the
-middle of the stream and restarted; the final upsert of every key of the compacted
-usage-metrics topic must equal the totals computed from the input. The faust engine's
-``exactly_once`` is run through the same test on demand (``USAGE_FAUST_PROBE=1``): it is
-the evidence of why the deployed engine is the transactional one.
+Workers run as separate processes (``streams run usage``), are SIGKILLed in the middle of
+the stream and restarted; the final upsert of every key of the compacted usage-metrics
+topic must equal the totals computed from the input.
 """
 
 from __future__ import annotations
@@ -27,19 +25,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.jobs.usage import (
-    StateRestorer,
-    build_usage_loop,
-    ensure_state_topic,
-    faust_app_id,
-    group_id,
-    seen_key,
-    seen_value,
-)
+from streams.jobs.usage import STATE, UsageJob, aggregator_from_state, seen_key, seen_value
+from streams.jobs.wiring import runtime_of
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Contracts, registry_client
-from streams.kafka.stateful import StateReader
-from streams.kafka.topics import ensure_topics
+from streams.kafka.state import StateReader, ensure_copartitioned_topic
+from streams.kafka.topics import USAGE, Topology, ensure_topics, internal_topic
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS, HOUR_MS
 from streams.policy.usage import (
@@ -81,11 +72,15 @@ def registries(request: pytest.FixtureRequest) -> Registries:
 
 @pytest.fixture()
 def ustack(kafka_bootstrap: str, registries: Registries) -> Stack:
-    config = PolicyConfig().with_topics_prefix(f"use{uuid.uuid4().hex[:8]}.")
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), config.topics)
-    contracts = Contracts(registry_client(registries.test_url), config.topics)
+    topology = Topology(f"use{uuid.uuid4().hex[:8]}.")
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), topology)
+    contracts = Contracts(registry_client(registries.test_url), topology)
     contracts.register_all()
-    return Stack(kafka_bootstrap, registries.test_url, config, contracts)
+    return Stack(kafka_bootstrap, registries.test_url, PolicyConfig(), contracts)
+
+
+def group_id(stack: Stack) -> str:
+    return stack.topology.group(USAGE)
 
 
 # --- input -------------------------------------------------------------------------------
@@ -133,7 +128,7 @@ def produce_events(stack: Stack, events: list[dict[str, Any]]) -> None:
 def final_metrics(stack: Stack) -> dict[str, dict[str, Any]]:
     """The compacted view: the last upsert of every key, every partition read to its end
     (``StateReader`` waits out transactions still open, e.g. a killed worker's)."""
-    topic = stack.config.topics.usage_metrics
+    topic = stack.topology.usage_metrics
     codec = stack.contracts.codec("usage_metrics")
     reader = StateReader(stack.bootstrap, topic, timeout_s=90)
     latest: dict[str, dict[str, Any]] = {}
@@ -177,7 +172,7 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 def wait_consumed(stack: Stack, group: str, timeout_s: float = 120.0) -> dict[int, int]:
     """Until the group has committed every input record; returns what is left per partition."""
-    topic = stack.config.topics.usage_events
+    topic = stack.topology.usage_events
     ends = end_offsets(stack.bootstrap, topic)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -192,7 +187,7 @@ class Worker:
     def __init__(
         self, stack: Stack, registries: Registries, tmp: Path, worker_id: str = "0", **env: str
     ) -> None:
-        prefix = stack.config.topics.usage_events.removesuffix("usage-events")
+        prefix = stack.topology.prefix
         self.log_path = tmp / f"usage-{worker_id}.log"
         self.port_file = tmp / f"usage-{worker_id}.port"
         self.env = {
@@ -211,7 +206,7 @@ class Worker:
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.jobs.usage"],
+                [sys.executable, "-m", "streams.cli", "run", "usage"],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -268,9 +263,9 @@ def run_kill_restart(
     events = usage_events(n)
     produce_events(stack, events)
     worker = Worker(stack, registries, tmp, **env)
-    metrics_topic = stack.config.topics.usage_metrics
+    metrics_topic = stack.topology.usage_metrics
     try:
-        topic = stack.config.topics.usage_events
+        topic = stack.topology.usage_events
         consumed_at_kill: list[int] = []
         for kill in range(kills):
             worker.start()
@@ -311,7 +306,7 @@ def test_R3_sigkill_mid_stream_totals_are_exact(
     double-counts a request; every hourly total equals the input's (gateway retries of the
     same request id counted once)."""
     n = 40_000
-    result = run_kill_restart(ustack, registries, tmp_path, n, group_id(ustack.config), kills=3)
+    result = run_kill_restart(ustack, registries, tmp_path, n, group_id(ustack), kills=3)
     print({k: v for k, v in result.items() if k not in ("log", "wrong")})
     kills = result["consumed_at_kill"]
     assert kills[0] > 0 and kills[-1] < n, "the kills must land mid-stream"
@@ -320,48 +315,6 @@ def test_R3_sigkill_mid_stream_totals_are_exact(
     assert result["missing_keys"] == [] and result["extra_keys"] == []
     assert result["wrong"] == {}, list(result["wrong"].items())[:5]
     assert result["requests_got"] == result["requests_want"]
-
-
-@pytest.mark.skipif(
-    os.environ.get("USAGE_FAUST_PROBE") != "1",
-    reason="evidence run for faust-streaming's exactly_once; set USAGE_FAUST_PROBE=1",
-)
-@pytest.mark.parametrize(
-    ("guarantee", "sink_partition", "kills"),
-    [
-        ("at_least_once", "key", 0),
-        ("exactly_once", "key", 0),
-        ("exactly_once", "key", 1),
-        ("exactly_once", "source", 1),
-    ],
-)
-def test_R3_faust_exactly_once_probe(
-    ustack: Stack,
-    registries: Registries,
-    tmp_path: Path,
-    guarantee: str,
-    sink_partition: str,
-    kills: int,
-) -> None:
-    """The same SIGKILL test on the faust engine (windowed tables); kills=0 is the baseline."""
-    result = run_kill_restart(
-        ustack,
-        registries,
-        tmp_path,
-        30_000,
-        faust_app_id(ustack.config),
-        kills=kills,
-        timeout_s=90.0,
-        STREAMS_USAGE_ENGINE="faust",
-        STREAMS_PROCESSING_GUARANTEE=guarantee,
-        STREAMS_FAUST_SINK_PARTITION=sink_partition,
-    )
-    summary = {k: v for k, v in result.items() if k not in ("log", "wrong")}
-    summary["wrong_keys"] = len(result["wrong"])
-    print(summary)
-    errors = [line for line in result["log"].splitlines() if "Error" in line or "error" in line]
-    print("\n".join(errors[:20]))
-    assert result["wrong"] == {} and not result["missing_keys"] and not result["left_unconsumed"]
 
 
 CANARY = "PROMPT-CANARY-usage-7f3a"
@@ -388,15 +341,13 @@ def test_R3_R16_R17_every_request_counted_bad_input_dead_lettered_metrics_clean(
 
     metrics = JobMetrics("usage")
     port = metrics.serve(0)
-    loop, processor = build_usage_loop(
-        stack.bootstrap, stack.registry_url, stack.config, "it", metrics=metrics
-    )
-    stats = processor.core.stats
+    job = UsageJob(stack.config)
+    loop = runtime_of(job, stack.settings("it"), metrics=metrics)
+    stats = job.stats
     deadline = time.monotonic() + 90
     loop.run(
         until=lambda: (
-            stats["counted"] + stats["duplicate"] + stats["dead_letter"] >= total
-            or time.monotonic() > deadline
+            loop.consumed >= total and loop.transactions > 0 or time.monotonic() > deadline
         )
     )
     try:
@@ -429,7 +380,7 @@ def test_R3_R16_R17_every_request_counted_bad_input_dead_lettered_metrics_clean(
     assert by_class["LateEvent"]["original_value"] is not None  # no content: kept to recount
     assert "window closed" in by_class["LateEvent"]["reason"]
     for letter in letters:
-        assert letter["source_topic"] == stack.config.topics.usage_events
+        assert letter["source_topic"] == stack.topology.usage_events
     for field in ("dead_letters", "audit", "usage_metrics"):
         assert all(CANARY.encode() not in v for v in stack.raw(field))
 
@@ -442,7 +393,7 @@ def test_R3_R16_R17_every_request_counted_bad_input_dead_lettered_metrics_clean(
     assert {a["subject_id"] for a in dead} >= {"req-late", "req-invalid"}
 
     # Metrics endpoint: operational labels only
-    topic = stack.config.topics.usage_events
+    topic = stack.topology.usage_events
     assert f'streams_records_in_total{{job="usage",topic="{topic}"}} {total}.0' in exposition
     assert 'streams_decisions_total{job="usage",rule="R3"}' in exposition
     assert 'streams_dead_letters_total{job="usage",reason="DecodeError"} 1.0' in exposition
@@ -462,7 +413,7 @@ def test_R3_killed_worker_partitions_move_to_a_survivor_totals_exact(
     stack = ustack
     n = 30_000
     events = usage_events(n, seed=5)
-    group = group_id(stack.config)
+    group = group_id(stack)
     first = Worker(stack, registries, tmp_path, "0")
     second = Worker(stack, registries, tmp_path, "1")
     try:
@@ -473,14 +424,14 @@ def test_R3_killed_worker_partitions_move_to_a_survivor_totals_exact(
             assert time.monotonic() < deadline, first.log_text()[-2000:]
             time.sleep(0.1)
         produce_events(stack, events)
-        metrics_topic = stack.config.topics.usage_metrics
+        metrics_topic = stack.topology.usage_metrics
         deadline = time.monotonic() + 120
         while sum(end_offsets(stack.bootstrap, metrics_topic).values()) < n // 4:
             assert time.monotonic() < deadline and first.alive() and second.alive()
             time.sleep(0.02)
         first.kill()
         consumed_at_kill = sum(
-            committed(stack.bootstrap, group, stack.config.topics.usage_events).values()
+            committed(stack.bootstrap, group, stack.topology.usage_events).values()
         )
         left = wait_consumed(stack, group, timeout_s=150)
         assert left == {}, second.log_text()[-2000:]
@@ -500,7 +451,11 @@ def test_R3_state_restore_waits_for_a_dead_workers_open_transaction(ustack: Stac
     still open (a killed worker's), and once it is aborted its records are not in the state;
     records of committed transactions are."""
     stack = ustack
-    state = ensure_state_topic(stack.bootstrap, stack.config)
+    state = ensure_copartitioned_topic(
+        stack.bootstrap,
+        internal_topic(stack.topology, USAGE, STATE),
+        stack.topology.usage_events,
+    )
     event = UsageEvent(**usage_events(1)[0])
     window = metric_key(event).window_start_ms
 
@@ -518,12 +473,12 @@ def test_R3_state_restore_waits_for_a_dead_workers_open_transaction(ustack: Stac
     zombie.produce(state, key=seen_key(window, "d2"), value=seen_value(event), partition=2)
     zombie.flush(30)
 
-    restorer = StateRestorer(stack.bootstrap, state, timeout_s=60)
+    restorer = StateReader(stack.bootstrap, state, timeout_s=60)
     result: dict[str, Any] = {}
 
     def restore() -> None:
         started = time.monotonic()
-        result["aggregator"] = restorer.restore(2, UsageSettings())
+        result["aggregator"] = aggregator_from_state(restorer.read(2), UsageSettings())
         result["seconds"] = time.monotonic() - started
 
     thread = threading.Thread(target=restore)
@@ -544,14 +499,13 @@ def test_R18_job_state_topics_are_reachable_only_by_their_job() -> None:
     write and read its ``usage.state`` changelog and the safety-evaluation job its own; no
     other role (analytics, safety team, the other job) may read either."""
     from streams.infra.broker import LocalKafka
-    from streams.kafka.topics import ROLES, acl_bindings, internal_topic
-    from streams.policy.config import Topics
+    from streams.kafka.topics import ROLES, acl_bindings
     from tests.integration.test_least_privilege import can_read
 
     kafka = LocalKafka(authenticated=True, users={role: f"{role}-pw" for role in ROLES})
     kafka.start()
 
-    def set_up(topics: Topics) -> None:
+    def set_up(topics: Topology) -> None:
         """Clients live only in here, so none outlives the broker."""
         admin = AdminClient(kafka.client_config())
         for future in admin.create_acls(acl_bindings(topics)).values():
@@ -565,7 +519,7 @@ def test_R18_job_state_topics_are_reachable_only_by_their_job() -> None:
             assert producer.flush(30) == 0
 
     try:
-        set_up(Topics())
+        set_up(Topology())
         assert can_read(kafka, "usage", "usage.state")
         assert can_read(kafka, "safety-evaluation", "safety-evaluation.state")
         for role in ("analytics", "safety-team", "safety-evaluation", "training"):

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 def run_router(stack: Stack, expected: int) -> None:
-    loop, router = build_router_loop(stack.bootstrap, stack.registry_url, stack.config)
+    loop, _ = build_router_loop(stack.settings())
     deadline = time.monotonic() + 60
-    loop.run(until=lambda: router.stats["decisions"] >= expected or time.monotonic() > deadline)
+    loop.run(until=lambda: loop.decided >= expected or time.monotonic() > deadline)
 
 
 def test_canaries_never_reach_forbidden_places_R1_R2_R9_R11_R12_R15_R17(
@@ -43,14 +43,14 @@ def test_canaries_never_reach_forbidden_places_R1_R2_R9_R11_R12_R15_R17(
     finally:
         logging.getLogger().removeHandler(handler)
     assert report.ok, report.render()
-    assert report.checked[stack.config.topics.log_store] > 0
+    assert report.checked[stack.topology.log_store] > 0
 
 
 def test_canary_check_reports_a_leak_precisely(stack: Stack) -> None:
     """A job that wrote a ZDR request's content to the log store is caught, with coordinates."""
     run = CanaryRun(stack.config, stack.contracts, int(time.time() * 1000))
     producer = Producer({"bootstrap.servers": stack.bootstrap})
-    producer.produce(stack.config.topics.log_store, key="x", value=run.tokens["zdr"].encode())
+    producer.produce(stack.topology.log_store, key="x", value=run.tokens["zdr"].encode())
     producer.flush(10)
     report = run.check(stack.bootstrap, fields=("log_store",))
     assert not report.ok

@@ -16,13 +16,15 @@ import uuid
 import pytest
 
 from streams.jobs.router import Router
+from streams.jobs.wiring import PolicyAuditTrail
 from streams.kafka.offload import Offload, OffloadError, Pending
+from streams.kafka.runtime import JobDriver
 from streams.kafka.serde import Contracts, registry_client
+from streams.kafka.topics import Topology
 from streams.kafka.transactional import Output
 from streams.policy.config import PolicyConfig
 from streams.policy.models import ControlsWatermark, DataControlChange
 from streams.traffic import TrafficGenerator
-from tests.unit.fakes import FakeMessage
 
 SECRET = "jane.doe@example.com"
 _factor = 0
@@ -117,11 +119,13 @@ def _alive(pid: int) -> bool:
 
 
 def _routed(redaction_processes: int) -> list[tuple[str, bytes | None]]:
-    config = PolicyConfig().with_topics_prefix("offload.")
-    contracts = Contracts(registry_client(f"mock://offload-{uuid.uuid4().hex}"), config.topics)
+    config = PolicyConfig()
+    topology = Topology("offload.")
+    contracts = Contracts(registry_client(f"mock://offload-{uuid.uuid4().hex}"), topology)
     contracts.register_all()
     now = 1_800_000_000_000
-    router = Router(config, contracts, clock=lambda: now, redaction_processes=redaction_processes)
+    router = Router(config, contracts, redaction_processes=redaction_processes)
+    driver = JobDriver(router, contracts, PolicyAuditTrail(config), clock=lambda: now)
     traffic = TrafficGenerator(seed=3, start_ms=now - 3_600_000)
     for change in traffic.control_changes():
         router.ledger.apply(DataControlChange(**change))
@@ -131,8 +135,7 @@ def _routed(redaction_processes: int) -> list[tuple[str, bytes | None]]:
     try:
         for i in range(400):
             value = codec.encode(traffic.request(now - 3_600_000 + i))
-            message = FakeMessage(config.topics.request_logs, 0, i, None, value)
-            outputs.extend(router.process(message) or [])  # type: ignore[arg-type]
+            outputs.extend(driver.process("request_logs", None, value) or [])
         return [
             (
                 o.topic,

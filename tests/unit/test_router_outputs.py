@@ -13,7 +13,10 @@ import uuid
 from typing import Any
 
 from streams.jobs.router import Router
+from streams.jobs.wiring import PolicyAuditTrail
+from streams.kafka.runtime import JobDriver
 from streams.kafka.serde import Contracts, SplicedCodec, registry_client
+from streams.kafka.topics import Topology
 from streams.policy.audit import AUDIT_OUTCOME_FIELDS, Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag
@@ -32,13 +35,12 @@ from streams.policy.routing import (
     watermark_state,
 )
 from streams.traffic import TrafficGenerator
-from tests.unit.fakes import FakeMessage
 
 NOW = 1_800_000_000_000
 
 
 def _contracts(config: PolicyConfig) -> Contracts:
-    contracts = Contracts(registry_client(f"mock://outputs-{uuid.uuid4().hex}"), config.topics)
+    contracts = Contracts(registry_client(f"mock://outputs-{uuid.uuid4().hex}"), Topology())
     contracts.register_all()
     return contracts
 
@@ -70,7 +72,7 @@ def _expected(
     record: dict[str, Any],
 ) -> list[tuple[str, bytes]]:
     """The outputs of one request computed from the policy functions, nothing remembered."""
-    config, t = router.config, router.config.topics
+    config, t = router.config, router.topics
     request = validate_request(record)
     controls = router.ledger.controls_at(request.org_id, request.created_at_ms)
     flags = router.holds.covering(
@@ -104,7 +106,8 @@ def test_remembered_decisions_give_the_outputs_of_a_fresh_decision_R16_R4_R9() -
     change the decisions of some orgs (R13: only theirs)."""
     config = PolicyConfig()
     contracts = _contracts(config)
-    router = Router(config, contracts, clock=lambda: NOW)
+    router = Router(config, contracts)
+    driver = JobDriver(router, contracts, PolicyAuditTrail(config), clock=lambda: NOW)
     traffic = TrafficGenerator(seed=11, start_ms=NOW - 3_600_000)
     for change in traffic.control_changes():
         router.ledger.apply(DataControlChange(**change))
@@ -146,11 +149,10 @@ def test_remembered_decisions_give_the_outputs_of_a_fresh_decision_R16_R4_R9() -
                 )
             )
         record = traffic.request(NOW - 3_600_000 + i * 2_000, org_id=pool[i % len(pool)])
-        source = Source(config.topics.request_logs, i % 6, i)
+        source = Source(Topology().request_logs, i % 6, i)
         value = codec.encode(record)
         expected = _expected(router, contracts, redactor, source, record)
-        message = FakeMessage(source.topic, source.partition, source.offset, None, value)
-        outputs = router.process(message)  # type: ignore[arg-type]
+        outputs = driver.process("request_logs", None, value, source.partition, source.offset)
         assert outputs is not None
         got = [(o.topic, o.value) for o in outputs]
         assert got == expected, f"request {i}"
@@ -163,7 +165,8 @@ def test_fine_tune_rows_audit_equals_a_full_encode_R10_R16() -> None:
     its subject) is byte for byte the full record of that row's decision."""
     config = PolicyConfig()
     contracts = _contracts(config)
-    router = Router(config, contracts, clock=lambda: NOW)
+    router = Router(config, contracts)
+    driver = JobDriver(router, contracts, PolicyAuditTrail(config), clock=lambda: NOW)
     router.ledger.advance_watermark(ControlsWatermark(watermark_ms=NOW, published_at_ms=NOW))
     codec = contracts.codec("finetune_rows")
     for i, deployment in enumerate(["SAAS", "PRIVATE"]):
@@ -175,7 +178,7 @@ def test_fine_tune_rows_audit_equals_a_full_encode_R10_R16() -> None:
             "deployment": deployment,
             "text": "a row of fine-tune data",
         }
-        source = Source(config.topics.finetune_rows, 0, i)
+        source = Source(Topology().finetune_rows, 0, i)
         row = validate_finetune_row(record)
         decision = decide_finetune_row(
             row,
@@ -184,10 +187,9 @@ def test_fine_tune_rows_audit_equals_a_full_encode_R10_R16() -> None:
             config,
         )
         expected = _full_audit(source, row.row_id, "finetune_row", row.org_id, decision)
-        message = FakeMessage(source.topic, 0, i, None, codec.encode(record))
-        outputs = router.process(message)  # type: ignore[arg-type]
+        outputs = driver.process("finetune_rows", None, codec.encode(record), 0, i)
         assert outputs is not None
-        audits = [o.value for o in outputs if o.topic == config.topics.audit]
+        audits = [o.value for o in outputs if o.topic == Topology().audit]
         assert audits == [contracts.codec("audit").encode(expected)]
 
 

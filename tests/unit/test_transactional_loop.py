@@ -10,8 +10,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from streams.kafka.runtime import ConsumedRecord
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop
-from tests.unit.fakes import FakeMessage
 
 
 class _Producer:
@@ -44,11 +44,11 @@ class _Producer:
 class _Consumer:
     """Hands out one batch; seeking back to the committed offset hands it out again."""
 
-    def __init__(self, batch: list[FakeMessage]) -> None:
+    def __init__(self, batch: list[ConsumedRecord]) -> None:
         self.batch = batch
         self.queue = [batch]
 
-    def consume(self, *_: Any) -> list[FakeMessage]:
+    def consume(self, *_: Any) -> list[ConsumedRecord]:
         return self.queue.pop(0) if self.queue else []
 
     def consumer_group_metadata(self) -> object:
@@ -87,7 +87,7 @@ def test_R17_a_dead_letter_from_state_survives_an_aborted_transaction() -> None:
     loop.consumer.close()
     producer, consumer = (
         _Producer(aborts=1),
-        _Consumer([FakeMessage("requests", 0, 0, b"r-1", b"v")]),
+        _Consumer([ConsumedRecord("requests", 0, 0, b"r-1", b"v")]),
     )
     loop.producer, loop.consumer = producer, consumer  # type: ignore[assignment]
 

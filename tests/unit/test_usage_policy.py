@@ -17,16 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.jobs.usage import (
-    UsageCore,
-    UsageProcessor,
+    EXPIRE_EVERY_MS,
+    UsageJob,
     aggregator_from_state,
     parse_seen_key,
     seen_key,
     seen_value,
 )
+from streams.jobs.wiring import PolicyAuditTrail
 from streams.kafka.metrics import DISABLED, JobMetrics, port_from_env, safe_label
+from streams.kafka.runtime import JobDriver
 from streams.kafka.serde import Contracts, registry_client
-from streams.kafka.topics import key_for
+from streams.kafka.topics import Topology, key_for
+from streams.kafka.transactional import Output
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS, HOUR_MS, InvalidRecord
 from streams.policy.usage import (
@@ -46,7 +49,6 @@ from streams.policy.usage import (
     validate_usage_event,
     window_start,
 )
-from tests.unit.fakes import FakeMessage
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % HOUR_MS  # an hour boundary
 CONFIG = PolicyConfig()
@@ -286,71 +288,108 @@ def test_R3_seen_key_round_trip() -> None:
         parse_seen_key(f"t/{T0}/abc")
 
 
-# --- the usage processor on fake messages -------------------------------------------------------
+# --- the usage job on the runtime's driver (no broker) ---------------------------------------
+class Driven:
+    """The usage job driven as the runtime drives it, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        topology = Topology("unit.")
+        self.contracts = Contracts(
+            registry_client(f"mock://usage-unit-{uuid.uuid4().hex}"), topology
+        )
+        self.contracts.register_all()
+        self.topics = topology
+        self.now = T0
+        self.job = UsageJob(PolicyConfig())
+        self.driver = JobDriver(
+            self.job, self.contracts, PolicyAuditTrail(PolicyConfig()), clock=lambda: self.now
+        )
+        self._offset = 0
+
+    def feed(self, value: bytes | None, partition: int = 3) -> list[Output]:
+        out = self.driver.process("usage_events", b"org-a", value, partition)
+        assert out is not None
+        return out
+
+    def decode(self, field: str, value: Any) -> dict[str, Any]:
+        return self.contracts.codec(field).decode(value)
+
+    def encode(self, event: dict[str, Any]) -> bytes:
+        return self.contracts.codec("usage_events").encode(event)
+
+
 @pytest.fixture()
-def processor() -> UsageProcessor:
-    config = PolicyConfig().with_topics_prefix("unit.")
-    contracts = Contracts(registry_client(f"mock://usage-unit-{uuid.uuid4().hex}"), config.topics)
-    contracts.register_all()
-    core = UsageCore(config, contracts, UsageSettings(), JobMetrics("usage"), clock=lambda: T0)
-    return UsageProcessor(core, "unit.usage-metrics-state", restorer=None)
+def usage() -> Driven:
+    return Driven()
 
 
-def feed(
-    processor: UsageProcessor, value: bytes | None, partition: int = 3, offset: int = 0
-) -> Any:
-    topic = processor.core.config.topics.usage_events
-    return processor.process(FakeMessage(topic, partition, offset, b"org-a", value))  # type: ignore[arg-type]
-
-
-def test_R3_processor_writes_an_upsert_and_a_co_partitioned_state_record(
-    processor: UsageProcessor,
-) -> None:
-    codec = processor.core.input_codec
-    out = feed(processor, codec.encode(record()), partition=3)
-    upsert, state = out
-    topics = processor.core.config.topics
+def test_R3_job_writes_an_upsert_and_a_co_partitioned_state_record(usage: Driven) -> None:
+    (upsert,) = usage.feed(usage.encode(record()), partition=3)
+    topics = usage.topics
     assert upsert.topic == topics.usage_metrics and upsert.key == f"org-a/chat/command-r/{T0}"
-    metric = processor.core._out["usage_metrics"][1].decode(upsert.value)
+    metric = usage.decode("usage_metrics", upsert.value)
     assert (metric["requests"], metric["input_tokens"], metric["output_tokens"]) == (1, 10, 5)
-    assert state.topic == processor.state and state.partition == 3
+    (state,) = usage.driver.commit()  # what the runtime adds to the batch's transaction
+    assert state.topic == "unit.usage.state" and state.partition == 3
     assert state.value is not None and upsert.value is not None
     assert b"req-1" not in state.value and b"req-1" not in upsert.value
-    assert feed(processor, codec.encode(record()), offset=1)[0].topic == topics.audit  # R16 dup
+    assert usage.feed(usage.encode(record()))[0].topic == topics.audit  # R16 dup
 
 
-def test_R17_processor_dead_letters_bad_input_and_keeps_going(processor: UsageProcessor) -> None:
-    topics = processor.core.config.topics
-    codec = processor.core.input_codec
-    undecodable = feed(processor, b"PROMPT: secret text")
+def test_R3_job_state_is_restored_from_its_changelog_after_a_reset(usage: Driven) -> None:
+    """R3 exactness: after an abort or a revocation the runtime drops the state and restores
+    it from the committed changelog; a retry of a committed request stays a duplicate, and
+    an uncommitted one is counted again (its offset was not committed either)."""
+    usage.feed(usage.encode(record()))
+    usage.driver.commit()
+    usage.feed(usage.encode(record(request_id="req-2")))  # never committed
+    usage.driver.forget()
+    assert usage.feed(usage.encode(record()))[0].topic == usage.topics.audit
+    (upsert,) = usage.feed(usage.encode(record(request_id="req-2")))
+    assert usage.decode("usage_metrics", upsert.value)["requests"] == 2
+
+
+def test_R17_job_dead_letters_bad_input_and_keeps_going(usage: Driven) -> None:
+    topics = usage.topics
+    undecodable = usage.feed(b"PROMPT: secret text")
     assert [o.topic for o in undecodable] == [topics.dead_letters, topics.audit]
-    letter = processor.core._out["dead_letters"][1].decode(undecodable[0].value)
+    letter = usage.decode("dead_letters", undecodable[0].value)
     assert letter["content_withheld"] and letter["original_value"] is None
-    invalid = feed(processor, codec.encode(record(input_tokens=-3)), offset=1)
-    letter = processor.core._out["dead_letters"][1].decode(invalid[0].value)
+    invalid = usage.feed(usage.encode(record(input_tokens=-3)))
+    letter = usage.decode("dead_letters", invalid[0].value)
     assert letter["error_class"] == "InvalidRecord" and letter["original_value"] is not None
-    audit = processor.core._out["audit"][1].decode(invalid[1].value)
+    audit = usage.decode("audit", invalid[1].value)
     assert audit["subject_id"] == "req-1" and audit["rule_ids"] == ["R17"]
-    late = feed(processor, codec.encode(record(created_at_ms=T0 - 9 * DAY_MS)), offset=2)
-    audit = processor.core._out["audit"][1].decode(late[1].value)
+    late = usage.feed(usage.encode(record(created_at_ms=T0 - 9 * DAY_MS)))
+    audit = usage.decode("audit", late[1].value)
     assert audit["rule_ids"] == ["R3", "R17"]
-    assert feed(processor, codec.encode(record(request_id="ok")), offset=3)[0].topic == (
-        topics.usage_metrics
-    )
-    assert processor.core.stats == {"dead_letter": 3, "late": 1, "counted": 1}
+    assert usage.feed(usage.encode(record(request_id="ok")))[0].topic == topics.usage_metrics
+    assert usage.job.stats == {"late": 1, "counted": 1}
+    assert usage.driver.processing.dead_letters == {
+        "DecodeError": 1,
+        "InvalidRecord": 1,
+        "LateEvent": 1,
+    }
 
 
-def test_R3_processor_expiry_tombstones_closed_windows(processor: UsageProcessor) -> None:
-    codec = processor.core.input_codec
-    feed(processor, codec.encode(record()), partition=2)
-    now = [T0]
-    processor.core.clock = lambda: now[0]
-    assert processor.refresh() == []
-    now[0] = T0 + HOUR_MS + processor.core.settings.allowed_lateness_ms
-    processor._next_expiry = 0
-    (tombstone,) = processor.refresh()
-    assert tombstone.value is None and tombstone.partition == 2  # type: ignore[attr-defined]
-    assert tombstone.key == seen_key(T0, request_digest("req-1"))
+def test_R17_oversize_record_is_dead_lettered_without_its_bytes(usage: Driven) -> None:
+    """R17/R2: a record over the size bound is set aside before it is even decoded."""
+    big = usage.encode(record()) + b"x" * 1_000_001
+    letter, audit = usage.feed(big)
+    decoded = usage.decode("dead_letters", letter.value)
+    assert decoded["error_class"] == "Oversize" and decoded["original_value"] is None
+    assert usage.decode("audit", audit.value)["routes"] == ["dead_letter"]
+
+
+def test_R3_job_expiry_tombstones_closed_windows(usage: Driven) -> None:
+    usage.feed(usage.encode(record()), partition=2)
+    usage.driver.commit()
+    assert usage.driver.punctuate() == [] and usage.driver.commit() == []
+    usage.now = T0 + HOUR_MS + usage.job.settings.allowed_lateness_ms + EXPIRE_EVERY_MS
+    assert usage.driver.punctuate() == []  # the punctuator writes to its store only
+    (tombstone,) = usage.driver.commit()
+    assert tombstone.value is None and tombstone.partition == 2
+    assert tombstone.key == seen_key(T0, request_digest("req-1")).encode()
 
 
 # --- operational metrics (R3: no identifiers in labels) ----------------------------------------

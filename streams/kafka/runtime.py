@@ -1,0 +1,726 @@
+"""The runtime every exactly-once job runs on, shaped like a processor API.
+
+A job *declares* what it reads, writes and keeps (``JobSpec``: input topics, output routes
+with their contracts, state stores, punctuators) and *processes* one decoded record at a
+time through a ``Context``::
+
+    class Counter:
+        spec = JobSpec(name="usage", inputs=("usage_events",),
+                       outputs=("usage_metrics", "audit", "dead_letters"),
+                       stores=(StoreSpec("state"),), invalid=(InvalidRecord,))
+
+        def process(self, ctx: Context, record: dict[str, Any]) -> None:
+            store = ctx.store("state")
+            ...
+            ctx.emit("usage_metrics", key, metric)       # encoded with the route's contract
+            ctx.audit(request_id, org_id, ["dropped"], ["R3"], ["R3: ..."])
+
+The runtime owns what every job needs and none should write again:
+
+- exactly once: the consume-transform-produce transaction of ``streams.kafka.transactional``
+  (outputs, state changelogs and consumed offsets in one Kafka transaction), the
+  stuck-transaction watchdog, and what revocation and aborts reset;
+- the R17 envelope: an oversize or undecodable record, or one the job finds invalid (an
+  exception of ``JobSpec.invalid``), becomes a dead letter and an audit record with its
+  source coordinates; its content is withheld unless the job says it may be kept (R2);
+- managed state (``streams.kafka.state``): one store per owned input partition, its
+  changelog written in the batch's transaction and restored on assignment;
+- time: ``ctx.now()`` and the punctuators run on one injectable clock;
+- metrics (``streams.kafka.metrics``): records in per topic, out per route, decisions per
+  rule, dead letters per reason class, consumer lag, state size, for every job. Counted
+  in plain counters on the hot path and published once a second.
+
+The plumbing never imports the policy: audit and dead-letter records are built by an
+``AuditTrail`` the job's wiring passes in (``streams.jobs.wiring``), and invalid records
+are recognised by the exception types the job declares.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import Message, TopicPartition
+
+from streams.kafka.metrics import JobMetrics
+from streams.kafka.serde import Codec, Contracts, DecodeError
+from streams.kafka.state import (
+    KeyValueStore,
+    MemoryStore,
+    StateReader,
+    StoreBackend,
+    ensure_copartitioned_topic,
+)
+from streams.kafka.topics import Topology, internal_topic
+from streams.kafka.transactional import (
+    LoopConfig,
+    Output,
+    PendingValue,
+    TransactionalLoop,
+    source_of,
+)
+from streams.source import Source
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]  # milliseconds since the epoch
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class FileClock:
+    """``now`` read from a file of epoch milliseconds (tests move time forward by writing it).
+
+    A missing file means wall-clock time. The clock never goes backwards: an unreadable or
+    older value keeps the last one. The file is read at most every ``cache_s`` seconds.
+    """
+
+    def __init__(self, path: Path, cache_s: float = 0.02) -> None:
+        self.path = path
+        self.cache_s = cache_s
+        self._last = 0
+        self._read_at = -1.0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._read_at < self.cache_s:
+            return self._last
+        self._read_at = now
+        try:
+            value = int(self.path.read_text().strip())
+        except FileNotFoundError:
+            value = wall_clock_ms()
+        except (OSError, ValueError):
+            value = self._last
+        self._last = max(self._last, value)
+        return self._last
+
+
+def write_clock(path: Path, now_ms: int) -> None:
+    """Set a ``FileClock`` atomically (write then rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(now_ms))
+    tmp.replace(path)
+
+
+class Defer:
+    """Returned by ``process`` to wait: the record stays buffered, its partition keeps its
+    order and its offset is not committed; it is offered again on the next turn."""
+
+
+DEFER = Defer()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """A key-value store; its changelog is ``<prefix><job>.<name>`` with ``topic_config``."""
+
+    name: str
+    topic_config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Punctuator:
+    """``run(ctx)`` every ``every_ms`` on the job's clock (0: every turn of the loop). On a
+    job with stores, once per owned partition, with ``ctx.store`` bound to it."""
+
+    every_ms: int
+    run: Callable[[Context], None]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    name: str  # the job's role: consumer group, transactional ids, internal topics, metrics
+    inputs: tuple[str, ...]  # topic fields of the catalogue; their contracts decode the input
+    outputs: tuple[str, ...]  # routes = topic fields; their contracts encode the output
+    stores: tuple[StoreSpec, ...] = ()
+    punctuators: tuple[Punctuator, ...] = ()
+    # Exceptions that mean "decoded, but not a valid record" (R17): they carry ``reason``
+    # (never content) and may carry ``org_id``.
+    invalid: tuple[type[Exception], ...] = ()
+    subject_kind: str = "record"  # what the audit record of an input calls it
+    subject_field: str | None = None  # the record field naming the subject, if any
+    dead_letter_rules: tuple[str, ...] = ("R17",)
+    # Rules added to a dead letter whose content is withheld (e.g. ("R2",) for a job whose
+    # input may be a ZDR org's content).
+    withheld_rules: tuple[str, ...] = ()
+    # R2: whether the bytes of an invalid record of this org may be copied into its dead
+    # letter. Undecodable or oversize bytes never are. Default: never (fail closed).
+    keep_invalid_content: Callable[[str | None, Mapping[str, Any]], bool] | None = None
+    # The order to write a transaction's outputs in (e.g. shuffled, so it says nothing
+    # about the input's order); None keeps the order they were emitted in.
+    arrange: Callable[[list[Output]], list[Output]] | None = None
+    batch_size: int = 5000
+
+
+class Job(Protocol):
+    spec: JobSpec
+
+    def process(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
+        """Decide one decoded record: emit, audit, dead-letter, read and write stores."""
+        ...
+
+
+class AuditTrail(Protocol):
+    """Builds the R16 audit and R17 dead-letter records (the policy's, given by the wiring)."""
+
+    def decision(
+        self,
+        *,
+        job: str,
+        source: Source,
+        subject_id: str,
+        subject_kind: str,
+        org_id: str | None,
+        routes: Iterable[str],
+        rule_ids: Iterable[str],
+        reasons: Iterable[str],
+        consent_version: str,
+        decided_at_ms: int,
+    ) -> Mapping[str, Any]: ...
+
+    def dead_letter(
+        self,
+        *,
+        job: str,
+        source: Source,
+        reason: str,
+        error_class: str,
+        org_id: str | None,
+        original_key: bytes | None,
+        original_value: bytes | None,
+        keep_content: bool,
+        decided_at_ms: int,
+        rule_ids: Iterable[str],
+        subject_id: str | None,
+        subject_kind: str,
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where the job's clients connect and who this worker is."""
+
+    bootstrap_servers: str
+    worker_id: str = "0"
+    # A transaction stuck longer than this exits the worker (None: never); see LoopConfig.
+    exit_when_stuck_s: float | None = None
+    max_record_bytes: int = 1_000_000  # R17: larger records are dead-lettered
+
+
+class Context:
+    """What a job sees while it decides one record (or runs a punctuator)."""
+
+    __slots__ = ("_runtime", "source", "key", "value", "partition", "outputs")
+
+    def __init__(self, runtime: _Processing) -> None:
+        self._runtime = runtime
+        self.source = Source("", -1, -1)
+        self.key: bytes | None = None
+        self.value: bytes | None = None
+        self.partition = -1
+        self.outputs: list[Output] = []
+
+    def now(self) -> int:
+        """The job's clock, in milliseconds."""
+        return self._runtime.clock()
+
+    def emit(
+        self,
+        route: str,
+        key: bytes | str | None,
+        value: Mapping[str, Any] | bytes | PendingValue | None,
+        *,
+        partition: int = -1,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Write to a declared output: a record (encoded with the route's contract), bytes
+        already encoded, a value still being computed, or None (a tombstone)."""
+        runtime = self._runtime
+        topic, codec = runtime.routes[route]
+        if isinstance(value, Mapping):
+            value = codec.encode(value)
+        runtime.routed[route] += 1
+        self.outputs.append(Output(topic, key, value, partition, timestamp_ms))
+
+    def audit(
+        self,
+        subject_id: str,
+        org_id: str | None,
+        routes: Iterable[str],
+        rules: Sequence[str],
+        reasons: Iterable[str],
+        *,
+        consent_version: str = "",
+        subject_kind: str | None = None,
+    ) -> None:
+        """R16: the decision about the current record, with the rule ids that made it."""
+        runtime = self._runtime
+        record = runtime.trail.decision(
+            job=runtime.spec.name,
+            source=self.source,
+            subject_id=subject_id,
+            subject_kind=subject_kind or runtime.spec.subject_kind,
+            org_id=org_id,
+            routes=routes,
+            rule_ids=rules,
+            reasons=reasons,
+            consent_version=consent_version,
+            decided_at_ms=runtime.clock(),
+        )
+        runtime.rules[tuple(rules)] += 1
+        self.emit("audit", subject_id, record)
+
+    def dead_letter(
+        self,
+        reason: str,
+        error_class: str,
+        *,
+        org_id: str | None = None,
+        subject_id: str | None = None,
+        rules: Sequence[str] | None = None,
+        keep_content: bool = False,
+        about: tuple[Source, bytes | None] | None = None,
+    ) -> None:
+        """R17: set the current record aside with its coordinates and ``reason`` (never
+        content); its bytes are copied only with ``keep_content`` (R2). ``about``: the
+        (source, key) of another record than the current one (e.g. a bad state record a
+        punctuator read), whose content is never copied."""
+        runtime = self._runtime
+        spec = runtime.spec
+        source, key = about or (self.source, self.key)
+        keep_content = keep_content and about is None
+        if rules is None:
+            rules = spec.dead_letter_rules + (() if keep_content else spec.withheld_rules)
+        letter, audit = runtime.trail.dead_letter(
+            job=spec.name,
+            source=source,
+            reason=reason,
+            error_class=error_class,
+            org_id=org_id,
+            original_key=key,
+            original_value=self.value if keep_content else None,
+            keep_content=keep_content,
+            decided_at_ms=runtime.clock(),
+            rule_ids=rules,
+            subject_id=subject_id,
+            subject_kind=spec.subject_kind,
+        )
+        runtime.dead_letters[error_class] += 1
+        runtime.rules[tuple(rules)] += 1
+        log.warning("dead letter %s: %s", source.id, reason)
+        self.emit("dead_letters", source.id, letter)
+        self.emit("audit", subject_id or source.id, audit)
+
+    def decided(self, rules: tuple[str, ...]) -> None:
+        """A decision audited by the job itself, or not one by one (e.g. a request counted,
+        R3): its rules are counted in the metrics. Counted per tuple of rules, expanded
+        into per-rule counts only when published (one count per record on the hot path)."""
+        self._runtime.rules[rules] += 1
+
+    def store(self, name: str) -> KeyValueStore:
+        """The store ``name`` of the current record's partition (restored if need be)."""
+        return self._runtime.store(name, self.partition)
+
+
+class _Processing:
+    """The transactional loop's processor: the envelope, the context, the stores."""
+
+    def __init__(
+        self,
+        job: Job,
+        contracts: Contracts,
+        trail: AuditTrail,
+        *,
+        clock: Clock,
+        restore: Callable[[str, int], Mapping[bytes, bytes]],
+        backend: StoreBackend = MemoryStore,
+        max_record_bytes: int = 1_000_000,
+    ) -> None:
+        """``restore(store, partition)``: what the store's changelog holds for a partition."""
+        self.job = job
+        self.spec = spec = job.spec
+        self.trail = trail
+        self.clock = clock
+        self.restore = restore
+        self.backend = backend
+        self.max_record_bytes = max_record_bytes
+        topics = contracts.topics
+        self.decoders: dict[str, Codec] = {
+            topics.name(name): contracts.codec(name) for name in spec.inputs
+        }
+        self.routes: dict[str, tuple[str, Codec]] = {
+            route: (topics.name(route), contracts.codec(route)) for route in spec.outputs
+        }
+        for needed in ("audit", "dead_letters"):
+            if needed not in self.routes:
+                raise ValueError(f"job {spec.name} must declare the {needed} output (R16/R17)")
+        self.changelogs = changelog_topics(spec, topics)
+        self.stores: dict[str, dict[int, KeyValueStore]] = {s.name: {} for s in spec.stores}
+        self.owned: set[int] = set()  # input partitions assigned, whose stores are wanted
+        self.ctx = Context(self)
+        self._next_due = [0] * len(spec.punctuators)
+        # Hot-path counts, published to the metrics once a second (``publish``).
+        self.consumed: Counter[str] = Counter()
+        self.routed: Counter[str] = Counter()
+        self.rules: Counter[tuple[str, ...]] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self._published: dict[str, Counter[str]] = {}
+
+    # --- state ----------------------------------------------------------------------------
+    def store(self, name: str, partition: int) -> KeyValueStore:
+        stores = self.stores[name]
+        store = stores.get(partition)
+        if store is None:
+            started = time.monotonic()
+            store = stores[partition] = self.backend(self.restore(name, partition))
+            log.info(
+                "partition %d restored: store %s, %d entries in %.2fs",
+                partition,
+                name,
+                len(store),
+                time.monotonic() - started,
+            )
+        return store
+
+    def restore_owned(self) -> None:
+        """Stores are restored on assignment, before the partition's first record."""
+        for name, stores in self.stores.items():
+            for partition in sorted(self.owned - set(stores)):
+                self.store(name, partition)
+
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        """Drop the stores of these partitions (all when None): restored when next wanted."""
+        for stores in self.stores.values():
+            if partitions is None:
+                stores.clear()
+            for partition in partitions or ():
+                stores.pop(partition, None)
+
+    def changelog(self) -> list[Output]:
+        """This batch's writes to every store, as records of the co-partitioned changelogs."""
+        outputs: list[Output] = []
+        for name, stores in self.stores.items():
+            topic = self.changelogs[name]
+            written = 0
+            for partition, store in stores.items():
+                for key, value in store.take_changes().items():
+                    outputs.append(Output(topic, key, value, partition))
+                    written += 1
+            if written:
+                self.routed[f"state:{name}"] += written
+        return outputs
+
+    # --- the loop's processor ---------------------------------------------------------------
+    def refresh(self) -> list[Output]:
+        """Restore newly assigned stores, then run the punctuators that are due."""
+        if self.stores:
+            self.restore_owned()
+        if not self.spec.punctuators:
+            return []
+        now = self.clock()
+        ctx = self.ctx
+        outputs: list[Output] = []
+        ctx.outputs = outputs
+        ctx.source, ctx.key, ctx.value = Source("", -1, -1), None, None
+        for index, punctuator in enumerate(self.spec.punctuators):
+            if now < self._next_due[index]:
+                continue
+            self._next_due[index] = now + punctuator.every_ms
+            partitions = sorted(next(iter(self.stores.values()))) if self.stores else [-1]
+            for partition in partitions:
+                ctx.partition = partition
+                punctuator.run(ctx)
+        return outputs
+
+    def process(self, message: Message) -> list[Output] | None:
+        ctx = self.ctx
+        source = ctx.source = source_of(message)
+        ctx.partition = source.partition
+        ctx.key, value = message.key(), message.value()
+        ctx.value = value
+        outputs: list[Output] = []
+        ctx.outputs = outputs
+        self.consumed[source.topic] += 1
+        if value is not None and len(value) > self.max_record_bytes:
+            ctx.dead_letter("oversize record", "Oversize")
+            return outputs
+        try:
+            record = self.decoders[source.topic].decode(value)
+        except DecodeError as exc:
+            ctx.dead_letter(exc.reason, "DecodeError")
+            return outputs
+        try:
+            if self.job.process(ctx, record) is DEFER:
+                self.consumed[source.topic] -= 1  # counted again when it is offered again
+                return None
+        except self.spec.invalid as exc:
+            del outputs[:]  # nothing of a record that turned out invalid is written
+            self._invalid(ctx, exc, record)
+            ctx.outputs = outputs
+        return outputs
+
+    def _invalid(self, ctx: Context, exc: Exception, record: dict[str, Any]) -> None:
+        reason = getattr(exc, "reason", None) or "fields do not match contract"
+        # Only the org the job's validation vouched for (R2: fail closed on content).
+        org_id = getattr(exc, "org_id", None)
+        org_id = org_id if isinstance(org_id, str) and org_id else None
+        subject = record.get(self.spec.subject_field) if self.spec.subject_field else None
+        keep = self.spec.keep_invalid_content
+        ctx.dead_letter(
+            reason,
+            type(exc).__name__,
+            org_id=org_id,
+            subject_id=subject if isinstance(subject, str) and subject else None,
+            keep_content=keep is not None and keep(org_id, record),
+        )
+
+    # --- metrics ------------------------------------------------------------------------------
+    def publish(self, metrics: JobMetrics) -> None:
+        rules: Counter[str] = Counter()
+        for decided, n in self.rules.items():
+            for rule in decided:
+                rules[rule] += n
+        for name, counts, push in (
+            ("in", self.consumed, metrics.record_in),
+            ("out", self.routed, metrics.record_out),
+            ("rules", rules, metrics.decision),
+            ("dead", self.dead_letters, metrics.dead_letter),
+        ):
+            seen = self._published.setdefault(name, Counter())
+            for key, total in counts.items():
+                if total > seen[key]:
+                    push(key, total - seen[key])
+                    seen[key] = total
+        for name, stores in self.stores.items():
+            metrics.state_size(name, sum(len(store) for store in stores.values()))
+
+
+def changelog_topics(spec: JobSpec, topics: Topology) -> dict[str, str]:
+    """Store name -> its changelog, ``<prefix><job>.<store>`` (R18: only the job reads it)."""
+    return {store.name: internal_topic(topics, spec.name, store.name) for store in spec.stores}
+
+
+class Runtime(TransactionalLoop):
+    """One worker of a job: the transactional loop driving the job through ``_Processing``."""
+
+    processor: _Processing
+
+    def __init__(
+        self,
+        job: Job,
+        contracts: Contracts,
+        trail: AuditTrail,
+        connection: Connection,
+        *,
+        metrics: JobMetrics | None = None,
+        clock: Clock = wall_clock_ms,
+        backend: StoreBackend = MemoryStore,
+        group_id: str | None = None,
+    ) -> None:
+        """``group_id``: the consumer group and transactional-id prefix; by default the
+        job's role under the topic prefix (what the R18 ACLs grant)."""
+        spec = job.spec
+        topics = contracts.topics
+        readers: dict[str, StateReader] = {}
+        for store in spec.stores:
+            changelog = changelog_topics(spec, topics)[store.name]
+            # Co-partitioned with the (first) input: input partition p -> changelog p.
+            ensure_copartitioned_topic(
+                connection.bootstrap_servers,
+                changelog,
+                topics.name(spec.inputs[0]),
+                store.topic_config,
+            )
+            readers[store.name] = StateReader(
+                connection.bootstrap_servers, changelog, group_prefix=spec.name
+            )
+        processing = _Processing(
+            job,
+            contracts,
+            trail,
+            clock=clock,
+            restore=lambda name, partition: readers[name].read(partition),
+            backend=backend,
+            max_record_bytes=connection.max_record_bytes,
+        )
+        group_id = group_id or topics.group(spec.name)
+        super().__init__(
+            LoopConfig(
+                bootstrap_servers=connection.bootstrap_servers,
+                group_id=group_id,
+                # Stable per worker: a restarted worker fences its dead predecessor.
+                transactional_id=f"{group_id}-{connection.worker_id}",
+                input_topics=[contracts.topics.name(name) for name in spec.inputs],
+                batch_size=spec.batch_size,
+                exit_when_stuck_s=connection.exit_when_stuck_s,
+            ),
+            processing,
+        )
+        self.job = job
+        self.metrics = metrics or JobMetrics(spec.name)
+        self._revoked_in_step = False
+        self._next_publish = 0.0
+        for reader in readers.values():
+            self.on_close.append(reader.close)
+
+    # --- the loop's extension points ----------------------------------------------------------
+    def step(self) -> None:
+        self._revoked_in_step = False
+        super().step()
+        if time.monotonic() >= self._next_publish:
+            self.publish_metrics()
+
+    def publish_metrics(self) -> None:
+        self._next_publish = time.monotonic() + 1.0
+        self.processor.publish(self.metrics)
+        self.metrics.observe_consumer_lag(self.consumer)
+
+    def arrange(self, outputs: list[Output]) -> list[Output] | None:
+        if self._revoked_in_step:
+            # Offsets of this batch may belong to another worker by now: re-read instead.
+            log.info("partitions revoked mid-batch: batch discarded, re-reading")
+            self.processor.forget()
+            return None
+        outputs.extend(self.processor.changelog())
+        arrange = self.job.spec.arrange
+        return outputs if arrange is None else arrange(outputs)
+
+    def aborted(self) -> None:
+        # The loop went back to the committed offsets: the state must follow.
+        self.processor.forget()
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        self._revoked_in_step = True
+        gone = {tp.partition for tp in partitions}
+        self.processor.owned -= gone
+        self.processor.forget(gone)
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        super()._on_assign(consumer, partitions)
+        # Restored at the start of the next turn, outside the rebalance callback.
+        self.processor.owned |= {tp.partition for tp in partitions}
+
+    @property
+    def decided(self) -> int:
+        """Records decided so far (a deferred record counts once it is decided)."""
+        return sum(self.processor.consumed.values())
+
+    def summary(self) -> dict[str, int]:
+        """What the worker did so far: records in, out per route, dead letters (no content)."""
+        p = self.processor
+        return {
+            "in": sum(p.consumed.values()),
+            **{f"out:{route}": n for route, n in p.routed.items()},
+            "dead_letters": sum(p.dead_letters.values()),
+        }
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.processor.publish(self.metrics)  # the last counts, also of a short run
+
+
+class JobDriver:
+    """A job driven without a broker, the way the runtime drives it (Kafka Streams'
+    ``TopologyTestDriver``): records in, outputs out; the stores' changelogs are kept in
+    memory, so ``forget`` followed by the next record shows what a restore rebuilds."""
+
+    def __init__(
+        self,
+        job: Job,
+        contracts: Contracts,
+        trail: AuditTrail,
+        clock: Clock = wall_clock_ms,
+        max_record_bytes: int = 1_000_000,
+    ) -> None:
+        self.changelog: dict[tuple[str, int], dict[bytes, bytes]] = {}
+        self.processing = _Processing(
+            job,
+            contracts,
+            trail,
+            clock=clock,
+            restore=lambda name, partition: dict(self.changelog.get((name, partition), {})),
+            max_record_bytes=max_record_bytes,
+        )
+        self._topics = contracts.topics
+        self._offsets: Counter[tuple[str, int]] = Counter()
+
+    def process(
+        self,
+        field: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int = 0,
+        offset: int | None = None,
+    ) -> list[Output] | None:
+        """One record of input ``field`` (at the partition's next offset unless given);
+        None: deferred."""
+        topic = self._topics.name(field)
+        if offset is None:
+            offset = self._offsets[(topic, partition)]
+        self._offsets[(topic, partition)] = offset + 1
+        return self.processing.process(ConsumedRecord(topic, partition, offset, key, value))  # type: ignore[arg-type]
+
+    def punctuate(self) -> list[Output]:
+        """The punctuators that are due on the job's clock."""
+        return self.processing.refresh()
+
+    def commit(self) -> list[Output]:
+        """The changelog records of the writes so far, as the runtime adds them to a batch."""
+        outputs = self.processing.changelog()
+        names = {topic: name for name, topic in self.processing.changelogs.items()}
+        for out in outputs:
+            entries = self.changelog.setdefault((names[out.topic], out.partition), {})
+            key = out.key.encode() if isinstance(out.key, str) else out.key
+            assert key is not None
+            if out.value is None:
+                entries.pop(key, None)
+            elif isinstance(out.value, bytes):
+                entries[key] = out.value
+        return outputs
+
+    def forget(self) -> None:
+        """What an abort or a revocation does: the stores are dropped (and later restored)."""
+        self.processing.forget()
+
+    def store(self, name: str, partition: int = 0) -> KeyValueStore:
+        return self.processing.store(name, partition)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """A consumed record without a broker (``JobDriver``, tests): what the runtime reads of
+    a confluent-kafka ``Message``."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes | None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> None:
+        return None
