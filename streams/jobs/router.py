@@ -1,11 +1,19 @@
 """The router job: every request log and fine-tune row routed exactly once.
 
 Wires the pure policy (``streams.policy.routing``) to Kafka: the R12 ledger,
-misuse flags and deletions come from compacted topics read in full by every
-worker; request logs and fine-tune rows are consumed in a consumer group and
-routed inside Kafka transactions (``streams.kafka.transactional``). Outputs:
-log store (R4), training candidates (R9-R11), usage events (R3), audit (R16),
-dead letters (R17).
+misuse flags, legal holds and deletions (the facts) come from compacted topics
+read in full by every worker; request logs and fine-tune rows are consumed in a
+consumer group and routed inside Kafka transactions
+(``streams.kafka.transactional``). Outputs: log store (R4), training candidates
+(R9-R11), their retractions (R15/R5), usage events (R3), audit (R16), dead
+letters (R17).
+
+No decision ahead of the facts: a record is decided only once this worker has
+applied every fact published before it read the record (``ReadBarrier``); until
+then its partition waits, and past ``facts_stall_ms`` it is decided fail closed.
+A fact published later than requests it covers (a late deletion or flag)
+retracts the training candidates they produced, within the retraction horizon
+(``streams.policy.retraction``).
 
 Run one worker:  python -m streams.jobs.router --worker-id 0
 """
@@ -13,6 +21,7 @@ Run one worker:  python -m streams.jobs.router --worker-id 0
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -23,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from streams.kafka.compacted import CompactedReader
+from streams.kafka.compacted import CompactedReader, ReadBarrier
 from streams.kafka.metrics import JobMetrics, port_from_env
 from streams.kafka.offload import Offload
 from streams.kafka.serde import (
@@ -34,6 +43,8 @@ from streams.kafka.serde import (
     SplicedCodec,
     registry_client,
 )
+from streams.kafka.stateful import StateReader, ensure_copartitioned_topic
+from streams.kafka.topics import ROUTER, internal_topic
 from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, source_of
 from streams.policy.audit import (
     AUDIT_OUTCOME_FIELDS,
@@ -44,7 +55,7 @@ from streams.policy.audit import (
 )
 from streams.policy.config import PolicyConfig, load_config
 from streams.policy.data_controls import DataControlsLedger
-from streams.policy.holds import HoldIndex, validate_flag
+from streams.policy.holds import HoldIndex, validate_flag, validate_legal_hold
 from streams.policy.models import (
     AccountDeletionRequest,
     ControlsWatermark,
@@ -57,6 +68,12 @@ from streams.policy.models import (
     Route,
 )
 from streams.policy.redaction import Redactor
+from streams.policy.retraction import (
+    CandidateEntry,
+    CandidateIndex,
+    retraction_rules,
+    training_retraction,
+)
 from streams.policy.routing import (
     PersonalInformationRedactor,
     RequestShape,
@@ -79,7 +96,16 @@ log = logging.getLogger("streams.router")
 
 JOB = "router"
 _INPUTS = ("request_logs", "finetune_rows")
-_STATE = ("data_controls", "controls_watermark", "misuse_flags", "account_deletions")
+# The facts: every worker reads them in full; no record is decided ahead of them.
+_STATE = (
+    "data_controls",
+    "controls_watermark",
+    "misuse_flags",
+    "legal_holds",
+    "account_deletions",
+)
+# How often candidates past the retraction horizon are forgotten.
+_EXPIRE_EVERY_S = 60.0
 
 
 def wall_clock_ms() -> int:
@@ -107,6 +133,7 @@ _ENCODED = (
     "request_logs",
     "log_store",
     "training_candidates",
+    "training_retractions",
     "usage_events",
     "audit",
     "dead_letters",
@@ -167,6 +194,26 @@ class OutputEncoder:
 
 _worker_encoder: OutputEncoder | None = None
 
+# The facts of a record as (read, waited long for them): the three states there are.
+_FACTS_READ = (True, False)
+_FACTS_WAITED = (True, True)
+_FACTS_UNREAD = (False, False)
+
+
+def _readable_subject(is_request: bool, record: dict[str, Any] | None) -> tuple[str | None, str]:
+    """The id of a record that failed validation, when one can be read (R16)."""
+    if record is None:
+        return None, "undecodable"
+    if is_request:
+        request_id = record.get("request_id")
+        if isinstance(request_id, str) and request_id:
+            return request_id, "request"
+        return None, "undecodable"
+    dataset, index = record.get("dataset_id"), record.get("row_index")
+    if isinstance(dataset, str) and dataset and isinstance(index, int):
+        return f"{dataset}:{index}", "finetune_row"
+    return None, "undecodable"
+
 
 def start_output_worker(
     config: PolicyConfig, contracts: Mapping[str, tuple[str, str, int]]
@@ -183,6 +230,92 @@ def encode_outputs(items: Sequence[OutputItem]) -> list[bytes]:
     return _worker_encoder.encode(items)
 
 
+def candidates_topic(config: PolicyConfig) -> str:
+    """The router's internal changelog of the candidates it produced:
+    ``<prefix>router.candidates``, co-partitioned with the inputs."""
+    return internal_topic(config.topics, ROUTER, "candidates")
+
+
+class CandidateMemory:
+    """R15/R5: the training candidates produced from the input partitions this worker owns,
+    so that a late fact finds the ones it covers.
+
+    Each candidate is also written, in the transaction that writes the candidate, to a
+    compacted changelog (ids and times, never content) on the partition of its input
+    record, so a worker that takes a partition over (or restarts) reads that partition's
+    candidates back (``StateReader``: committed transactions only). A retraction marks its
+    entry there too, so it is never written twice.
+    """
+
+    def __init__(self, topic: str, reader: StateReader | None) -> None:
+        self.topic = topic
+        self._reader = reader
+        self._owned: dict[tuple[str, int], CandidateIndex] = {}
+
+    def follow(self, assignment: Sequence[tuple[str, int]]) -> list[CandidateIndex]:
+        """Forget partitions no longer owned; read newly owned ones back (returned)."""
+        owned = set(assignment)
+        for tp in [tp for tp in self._owned if tp not in owned]:
+            del self._owned[tp]
+        return [self.index(tp) for tp in assignment if tp not in self._owned]
+
+    def index(self, tp: tuple[str, int]) -> CandidateIndex:
+        index = self._owned.get(tp)
+        if index is None:
+            index = self._owned[tp] = CandidateIndex()
+            if self._reader is not None:
+                for key, value in self._reader.read(tp[1]).items():
+                    data = json.loads(value)
+                    if data["t"] == tp[0]:
+                        index.add(_entry(key.decode(), data))
+        return index
+
+    def owned(self) -> list[tuple[tuple[str, int], CandidateIndex]]:
+        return list(self._owned.items())
+
+    def record(self, tp: tuple[str, int], entry: CandidateEntry) -> Output:
+        self.index(tp).add(entry)
+        return self._changelog(tp, entry)
+
+    def _changelog(self, tp: tuple[str, int], entry: CandidateEntry) -> Output:
+        value = json.dumps(
+            {
+                "t": tp[0],
+                "k": entry.kind,
+                "o": entry.org_id,
+                "a": entry.api_key_id,
+                "c": entry.created_at_ms,
+                "r": entry.retracted,
+            },
+            separators=(",", ":"),
+        ).encode()
+        return Output(self.topic, entry.candidate_id, value, tp[1])
+
+    def retracted(self, tp: tuple[str, int], entry: CandidateEntry) -> Output:
+        marked = entry._replace(retracted=True)
+        self.index(tp).add(marked)
+        return self._changelog(tp, marked)
+
+    def expire(self, created_before_ms: int) -> list[Output]:
+        """Forget candidates past the retraction horizon; tombstone their changelog entries."""
+        outputs = []
+        for (_, partition), index in self._owned.items():
+            for entry in index.older_than(created_before_ms):
+                index.discard(entry)
+                outputs.append(Output(self.topic, entry.candidate_id, None, partition))
+        return outputs
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+def _entry(candidate_id: str, data: dict[str, Any]) -> CandidateEntry:
+    return CandidateEntry(
+        candidate_id, data["k"], data["o"], data["a"], int(data["c"]), bool(data["r"])
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Decided:
     """A decision and what every request decided alike shares, encoded once."""
@@ -192,9 +325,12 @@ class _Decided:
     stamp: bytes | None  # the log-store stamp (R4/R7), when the decision stores
 
 
-# (request shape, controls at creation, (watermark state, misuse flag ids, deletion asked)):
-# everything a request's decision depends on, so equal keys share one ``_Decided``.
-_DecisionKey = tuple[RequestShape, DataControls, tuple[WatermarkState, tuple[str, ...], bool]]
+# (request shape, controls at creation, (watermark state, misuse flag ids, deletion asked,
+# facts read, waited long for them)): everything a request's decision depends on, so equal
+# keys share one ``_Decided``.
+_DecisionKey = tuple[
+    RequestShape, DataControls, tuple[WatermarkState, tuple[str, ...], bool, bool, bool]
+]
 # Bound on remembered decisions (a few hundred bytes each); past it the memory starts again.
 _MAX_DECIDED = 50_000
 
@@ -253,6 +389,17 @@ class Router:
         self._state_outputs: list[Output] = []
         self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
+        self.barrier: ReadBarrier | None = None
+        # R15/R5: candidates produced (None: not remembered, no retractions) and the orgs
+        # with a fact since the last look, whose candidates may have to be taken back.
+        self.candidates: CandidateMemory | None = None
+        self._late_orgs: set[str] = set()
+        self._deletion_ids: dict[str, str] = {}
+        self._fact_sources: dict[str, Source] = {}
+        self._next_expiry = 0.0
+        self.retractions = 0
+        # The input partitions this worker owns now (the group consumer's assignment).
+        self.assignment: Callable[[], list[tuple[str, int]]] | None = None
 
     # --- state topics -------------------------------------------------------------
     def attach_state_reader(
@@ -264,6 +411,7 @@ class Router:
             self.apply_state,
             group_id=group_id,
         )
+        self.barrier = ReadBarrier(self._state_reader)
         return self._state_reader
 
     def apply_state(self, message: Message) -> None:
@@ -282,10 +430,19 @@ class Router:
                 ends = self._state_reader.end_offsets(t.data_controls) if self._state_reader else {}
                 self._watermarks.append((ControlsWatermark(**record), ends))
             elif source.topic == t.misuse_flags:
-                self.holds.apply_flag(validate_flag(record))
+                flag = validate_flag(record)
+                if self.holds.apply_flag(flag) is not None:
+                    self._late_orgs.add(flag.org_id)
+                    self._fact_sources[flag.flag_id] = source
+            elif source.topic == t.legal_holds:
+                self.holds.apply_legal_hold(validate_legal_hold(record))
             elif source.topic == t.account_deletions:
                 deletion = AccountDeletionRequest(**record)
                 self.ledger.record_deletion(deletion.org_id, deletion.requested_at_ms)
+                if self.ledger.deletion_requested_at(deletion.org_id) == deletion.requested_at_ms:
+                    self._deletion_ids.setdefault(deletion.org_id, deletion.deletion_id)
+                self._fact_sources[deletion.deletion_id] = source
+                self._late_orgs.add(deletion.org_id)
         except (DecodeError, InvalidRecord, TypeError) as exc:
             reason = getattr(exc, "reason", "fields do not match contract")
             # R17: a bad control record is set aside and reported; the state stays as it was.
@@ -299,10 +456,85 @@ class Router:
             reader.poll()
         while self._watermarks and (reader is None or reader.reached(self._watermarks[0][1])):
             self.ledger.advance_watermark(self._watermarks.pop(0)[0])
+        if self.barrier is not None:
+            self.barrier.advance()
+        if self.candidates is not None:
+            if self.assignment is not None:
+                self.follow_assignment(self.assignment())
+            self._retract_late()
         outputs, self._state_outputs = self._state_outputs, []
         if self.metrics is not None and time.monotonic() >= self._next_publish:
             self.publish_metrics(self.metrics)
         return outputs
+
+    # --- late facts (R15, R5) ------------------------------------------------------
+    def follow_assignment(self, assignment: Sequence[tuple[str, int]]) -> None:
+        """Keep the candidates of the owned input partitions; a partition taken over is read
+        back and checked against every fact known now (one may have come meanwhile)."""
+        if self.candidates is None:
+            return
+        for index in self.candidates.follow(assignment):
+            self._late_orgs.update(entry.org_id for entry in index)
+
+    def _retract_late(self) -> None:
+        memory = self.candidates
+        assert memory is not None
+        now = self.clock()
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + _EXPIRE_EVERY_S
+            self._state_outputs += memory.expire(now - self.config.retraction_horizon_ms)
+        if not self._late_orgs:
+            return
+        orgs, self._late_orgs = self._late_orgs, set()
+        for org in orgs:
+            deletion_at = self.ledger.deletion_requested_at(org)
+            deletion = (
+                None if deletion_at is None else (self._deletion_ids.get(org, ""), deletion_at)
+            )
+            flags = [h for h in self.holds.active(org) if h.kind == "misuse"]
+            if deletion is None and not flags:
+                continue
+            for tp, index in memory.owned():
+                for entry in index.of_org(org):
+                    if entry.retracted:
+                        continue
+                    retraction = retraction_rules(entry, deletion, flags)
+                    if retraction is not None:
+                        self._state_outputs += self._retract(tp, entry, retraction, now)
+
+    def _retract(
+        self, tp: tuple[str, int], entry: CandidateEntry, retraction: Any, now: int
+    ) -> list[Output]:
+        """R15/R5: a candidate's retraction, its audit and its changelog mark, together."""
+        assert self.candidates is not None
+        record = training_retraction(entry, retraction, now, self.config.policy_version)
+        source = next(
+            (self._fact_sources[f] for f in retraction.fact_ids if f in self._fact_sources),
+            Source(self.candidates.topic, tp[1], -1),
+        )
+        outcome = self._outcome(
+            Decision(
+                routes=frozenset({Route.TRAINING_RETRACTION.value}),
+                rule_ids=retraction.rule_ids,
+                reasons=retraction.reasons,
+            )
+        )
+        subject = audit_subject(
+            job=JOB,
+            source=source,
+            subject_id=entry.candidate_id,
+            subject_kind="training_candidate",
+            org_id=entry.org_id,
+            decided_at_ms=now,
+            decision_suffix=f"/retract/{entry.candidate_id}",
+        )
+        self.retractions += 1
+        self._outcomes[frozenset({Route.TRAINING_RETRACTION.value}), retraction.rule_ids] += 1
+        return [
+            self._emit("training_retractions", entry.candidate_id, record),
+            self._emit("audit_decided", entry.candidate_id, (subject, outcome)),
+            self.candidates.retracted(tp, entry),
+        ]
 
     def publish_metrics(self, metrics: JobMetrics) -> None:
         """Counters are kept in plain Counters on the hot path and pushed once a second."""
@@ -324,32 +556,54 @@ class Router:
     # --- records ------------------------------------------------------------------
     def process(self, message: Message) -> list[Output] | None:
         source = source_of(message)
+        facts = _FACTS_READ
+        if self.barrier is not None:
+            # R15/R5/R12: no decision ahead of the facts published before the record was read.
+            ready, waited_s = self.barrier.status(*source)
+            if not ready and waited_s * 1000 < self.config.facts_stall_ms:
+                return None
+            if not ready:
+                facts = _FACTS_UNREAD
+            elif waited_s * 1000 > self.config.facts_wait_audited_ms:
+                facts = _FACTS_WAITED
         self.inputs[source.topic] += 1
         value = message.value()
         if value is not None and len(value) > self.config.max_record_bytes:
             return self._dead_letter(
-                source, message.key(), None, "oversize record", "Oversize", None
+                source, message.key(), None, "oversize record", "Oversize", None, facts
             )
         codec = self._codecs[source.topic]
         try:
             record = codec.decode(value)
         except DecodeError as exc:
-            return self._dead_letter(source, message.key(), value, exc.reason, "DecodeError", None)
+            return self._dead_letter(
+                source, message.key(), value, exc.reason, "DecodeError", None, facts
+            )
         try:
             if source.topic == self.topics.request_logs:
-                return self._route_request(source, record, value)
-            return self._route_finetune_row(source, record)
+                return self._route_request(source, record, value, facts)
+            return self._route_finetune_row(source, record, facts)
         except InvalidRecord as exc:
             return self._dead_letter(
-                source, message.key(), value, exc.reason, "InvalidRecord", record
+                source, message.key(), value, exc.reason, "InvalidRecord", record, facts
             )
         except TypeError:
             return self._dead_letter(
-                source, message.key(), value, "fields do not match contract", "TypeError", record
+                source,
+                message.key(),
+                value,
+                "fields do not match contract",
+                "TypeError",
+                record,
+                facts,
             )
 
     def _route_request(
-        self, source: Source, record: dict[str, Any], raw: bytes | None = None
+        self,
+        source: Source,
+        record: dict[str, Any],
+        raw: bytes | None = None,
+        facts: tuple[bool, bool] = (True, False),
     ) -> list[Output] | None:
         request = validate_request(record)
         now = self.clock()
@@ -364,7 +618,7 @@ class Router:
         )
         deletion_requested = self.ledger.deletion_requested_at(request.org_id) is not None
         flag_ids = tuple([h.hold_id for h in flags]) if flags else ()
-        key = (request_shape(request), controls, (state, flag_ids, deletion_requested))
+        key = (request_shape(request), controls, (state, flag_ids, deletion_requested, *facts))
         decided = self._decided.get(key) or self._decide(key)
         decision = decided.decision
         outputs = [self._emit("usage_events", request.org_id, usage_event(request, self.config))]
@@ -382,6 +636,15 @@ class Router:
             # bytes again (benchmarks/router_bench.py measured less CPU per record in all).
             candidate = (request, decision.consent_version)
             outputs.append(self._emit("training_candidates", request.request_id, candidate))
+            if self.candidates is not None:
+                entry = CandidateEntry(
+                    request.request_id,
+                    "PROMPT_GENERATION",
+                    request.org_id,
+                    request.api_key_id,
+                    request.created_at_ms,
+                )
+                outputs.append(self.candidates.record(source[:2], entry))
         outputs.append(
             self._audit(source, request.request_id, "request", request.org_id, decided.outcome, now)
         )
@@ -390,9 +653,13 @@ class Router:
 
     def _decide(self, key: _DecisionKey) -> _Decided:
         """R1-R4, R7, R9, R11-R15 for one decision key (see ``RequestShape``), remembered."""
-        shape, controls, (state, flag_ids, deletion_requested) = key
+        shape, controls, (state, flag_ids, deletion_requested, facts_read, waited) = key
         facts = RoutingFacts(
-            watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
+            watermark=state,
+            misuse_flag_ids=flag_ids,
+            deletion_requested=deletion_requested,
+            facts_read=facts_read,
+            waited_for_facts=waited,
         )
         decision = decide_request_shape(shape, controls, facts, self.config)
         stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
@@ -406,7 +673,9 @@ class Router:
         self._decided[key] = decided
         return decided
 
-    def _route_finetune_row(self, source: Source, record: dict[str, Any]) -> list[Output] | None:
+    def _route_finetune_row(
+        self, source: Source, record: dict[str, Any], facts: tuple[bool, bool] = (True, False)
+    ) -> list[Output] | None:
         row = validate_finetune_row(record)
         now = self.clock()
         state = watermark_state(
@@ -416,16 +685,23 @@ class Router:
             return None
         controls = self.ledger.controls_at(row.org_id, row.uploaded_at_ms)
         flags = self.holds.covering(row.org_id, "", row.row_id, row.uploaded_at_ms, "misuse")
-        facts = RoutingFacts(
+        routing_facts = RoutingFacts(
             watermark=state,
             misuse_flag_ids=tuple(h.hold_id for h in flags),
             deletion_requested=self.ledger.deletion_requested_at(row.org_id) is not None,
+            facts_read=facts[0],
+            waited_for_facts=facts[1],
         )
-        decision = decide_finetune_row(row, controls, facts, self.config)
+        decision = decide_finetune_row(row, controls, routing_facts, self.config)
         outputs = []
         if decision.has(Route.TRAINING_CANDIDATE):
             candidate = (row, decision.consent_version)
             outputs.append(self._emit("training_candidates", row.row_id, candidate))
+            if self.candidates is not None:
+                entry = CandidateEntry(
+                    row.row_id, "FINETUNE_ROW", row.org_id, "", row.uploaded_at_ms
+                )
+                outputs.append(self.candidates.record(source[:2], entry))
         outcome = self._outcome(decision)
         outputs.append(self._audit(source, row.row_id, "finetune_row", row.org_id, outcome, now))
         self._count(decision)
@@ -436,6 +712,10 @@ class Router:
         """Stops the offload worker processes, if any."""
         if self._offload is not None:
             self._offload.close()
+        if self.candidates is not None:
+            self.candidates.close()
+        if self._state_reader is not None:
+            self._state_reader.close()
 
     def _emit(self, field: str, key: str, payload: Any) -> Output:
         if self._offload is not None and field in _OFFLOADED:
@@ -482,12 +762,19 @@ class Router:
         reason: str,
         error_class: str,
         record: dict[str, Any] | None,
+        facts: tuple[bool, bool] = (True, False),
     ) -> list[Output]:
-        """R17: set the record aside with its coordinates; copy bytes only when R1/R2 allow."""
+        """R17: set the record aside with its coordinates; copy bytes only when R1/R2 allow.
+
+        R16: a record whose id is readable is audited under that id (``streams explain``
+        finds it), with its coordinates."""
         org_id = record.get("org_id") if record else None
         org_id = org_id if isinstance(org_id, str) and org_id else None
+        is_request = source.topic == self.topics.request_logs
+        subject_id, subject_kind = _readable_subject(is_request, record)
         keep = (
             org_id is not None
+            and facts[0]
             and record is not None
             and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
             and not self.ledger.ever_zero_data_retention(org_id)
@@ -506,13 +793,15 @@ class Router:
             decided_at_ms=self.clock(),
             policy_version=self.config.policy_version,
             rule_ids=rule_ids,
+            subject_id=subject_id,
+            subject_kind=subject_kind,
         )
         self.dead_letters[error_class] += 1
         self._outcomes[frozenset({Route.DEAD_LETTER.value}), rule_ids] += 1
         log.warning("dead letter %s: %s", source.id, reason)
         return [
             self._emit("dead_letters", source.id, letter),
-            self._emit("audit", source.id, audit),
+            self._emit("audit", subject_id or source.id, audit),
         ]
 
     def _count(self, decision: Decision) -> None:
@@ -563,6 +852,12 @@ def build_router_loop(
     group = group_id or config.topics.request_logs.removesuffix("request-logs") + "router"
     reader = router.attach_state_reader(bootstrap_servers, f"{group}-state-reader")
     reader.catch_up()
+    changelog = ensure_copartitioned_topic(
+        bootstrap_servers, candidates_topic(config), config.topics.request_logs
+    )
+    router.candidates = CandidateMemory(
+        changelog, StateReader(bootstrap_servers, changelog, group_prefix=group)
+    )
     loop = TransactionalLoop(
         LoopConfig(
             bootstrap_servers=bootstrap_servers,
@@ -575,6 +870,10 @@ def build_router_loop(
         router,
     )
     router.lag_source = loop.consumer
+    consumer = loop.consumer
+    router.assignment = lambda: [(tp.topic, tp.partition) for tp in consumer.assignment()]
+    assert router.barrier is not None
+    loop.on_read.append(router.barrier.mark)
     loop.on_close.append(router.close)
     return loop, router
 

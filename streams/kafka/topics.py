@@ -153,7 +153,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         COMPACT,
         FOREVER,
         (LEGAL,),
-        (RETENTION,),
+        (ROUTER, RETENTION),
         "R6: legal holds, latest state per hold_id.",
         key_fields=("hold_id",),
     ),
@@ -235,6 +235,18 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (TRAINING,),
         "R9/R10: PII-stripped training candidates, for the training team only.",
         key_fields=("source_id",),
+    ),
+    # R15/R5: compacted by candidate, kept as long as the candidates they take back.
+    TopicSpec(
+        "training_retractions",
+        "training_retraction.avsc",
+        PARTITIONS,
+        COMPACT,
+        FOREVER,
+        (ROUTER,),
+        (TRAINING,),
+        "R15/R5/R9: training candidates taken back by a late deletion or misuse flag.",
+        key_fields=("candidate_id",),
     ),
     TopicSpec(
         "usage_events",
