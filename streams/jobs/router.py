@@ -71,6 +71,7 @@ from streams.policy.redaction import Redactor
 from streams.policy.retraction import (
     CandidateEntry,
     CandidateIndex,
+    Retraction,
     retraction_rules,
     training_retraction,
 )
@@ -251,13 +252,18 @@ class CandidateMemory:
         self.topic = topic
         self._reader = reader
         self._owned: dict[tuple[str, int], CandidateIndex] = {}
+        self._read_back: list[CandidateIndex] = []  # read back since ``follow`` last ran
 
     def follow(self, assignment: Sequence[tuple[str, int]]) -> list[CandidateIndex]:
-        """Forget partitions no longer owned; read newly owned ones back (returned)."""
+        """Forget partitions no longer owned, read newly owned ones back; returns what was
+        read back since the last call (also by ``index``, for a record of a new partition)."""
         owned = set(assignment)
         for tp in [tp for tp in self._owned if tp not in owned]:
             del self._owned[tp]
-        return [self.index(tp) for tp in assignment if tp not in self._owned]
+        for tp in assignment:
+            self.index(tp)
+        read_back, self._read_back = self._read_back, []
+        return read_back
 
     def index(self, tp: tuple[str, int]) -> CandidateIndex:
         index = self._owned.get(tp)
@@ -268,6 +274,7 @@ class CandidateMemory:
                     data = json.loads(value)
                     if data["t"] == tp[0]:
                         index.add(_entry(key.decode(), data))
+            self._read_back.append(index)
         return index
 
     def owned(self) -> list[tuple[tuple[str, int], CandidateIndex]]:
@@ -503,7 +510,7 @@ class Router:
                         self._state_outputs += self._retract(tp, entry, retraction, now)
 
     def _retract(
-        self, tp: tuple[str, int], entry: CandidateEntry, retraction: Any, now: int
+        self, tp: tuple[str, int], entry: CandidateEntry, retraction: Retraction, now: int
     ) -> list[Output]:
         """R15/R5: a candidate's retraction, its audit and its changelog mark, together."""
         assert self.candidates is not None
