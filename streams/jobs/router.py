@@ -1,17 +1,26 @@
 """The router job: every request log and fine-tune row routed exactly once.
 
-Wires the pure policy (``streams.policy.routing``) to Kafka: the R12 ledger,
-misuse flags and deletions come from compacted topics read in full by every
-worker; request logs and fine-tune rows are consumed in a consumer group and
-routed inside Kafka transactions (``streams.kafka.transactional``). Outputs:
-log store (R4), training candidates (R9-R11), usage events (R3), audit (R16),
-dead letters (R17).
+Wires the pure policy (``streams.policy.routing``) to the runtime
+(``streams.kafka.runtime``): the R12 ledger, misuse flags, legal holds and deletions
+(the facts) come from compacted topics read in full by every worker; request logs and
+fine-tune rows are consumed in a consumer group and routed exactly once. Outputs: log
+store (R4), training candidates (R9-R11), their retractions (R15/R5), usage events
+(R3), audit (R16), dead letters (R17).
+
+No decision ahead of the facts: a record is decided only once this worker has
+applied every fact published before it read the record (``ReadBarrier``, the job's
+gate); until then its partition waits, and past ``facts_stall_ms`` it is decided fail
+closed. A fact published later than requests it covers (a late deletion or flag)
+retracts the training candidates they produced, within the retraction horizon
+(``streams.policy.retraction``); the candidates are remembered in the stores
+``candidates`` and ``candidates-finetune`` (ids and times, never content).
 
 Run one worker:  streams run router --worker-id 0
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -22,7 +31,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from streams.jobs.wiring import contracts_of, runtime_of
-from streams.kafka.compacted import CompactedReader
+from streams.kafka.compacted import CompactedReader, ReadBarrier
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.offload import Offload
 from streams.kafka.runtime import (
@@ -31,8 +40,10 @@ from streams.kafka.runtime import (
     Context,
     Defer,
     JobSpec,
+    KeyValueStore,
     Punctuator,
     Runtime,
+    StoreSpec,
 )
 from streams.kafka.serde import (
     Codec,
@@ -41,6 +52,7 @@ from streams.kafka.serde import (
     ExtendingCodec,
     SplicedCodec,
 )
+from streams.kafka.topics import internal_topic
 from streams.kafka.transactional import source_of
 from streams.policy.audit import (
     AUDIT_OUTCOME_FIELDS,
@@ -50,7 +62,7 @@ from streams.policy.audit import (
 )
 from streams.policy.config import PolicyConfig
 from streams.policy.data_controls import DataControlsLedger
-from streams.policy.holds import HoldIndex, validate_flag
+from streams.policy.holds import HoldIndex, validate_flag, validate_legal_hold
 from streams.policy.models import (
     AccountDeletionRequest,
     ControlsWatermark,
@@ -63,6 +75,13 @@ from streams.policy.models import (
     Route,
 )
 from streams.policy.redaction import Redactor
+from streams.policy.retraction import (
+    CandidateEntry,
+    CandidateIndex,
+    Retraction,
+    retraction_rules,
+    training_retraction,
+)
 from streams.policy.routing import (
     PersonalInformationRedactor,
     RequestShape,
@@ -86,7 +105,18 @@ log = logging.getLogger("streams.router")
 
 JOB = "router"
 _INPUTS = ("request_logs", "finetune_rows")
-_STATE = ("data_controls", "controls_watermark", "misuse_flags", "account_deletions")
+# The facts: every worker reads them in full; no record is decided ahead of them.
+_STATE = (
+    "data_controls",
+    "controls_watermark",
+    "misuse_flags",
+    "legal_holds",
+    "account_deletions",
+)
+# The stores of the candidates produced from each input (R15/R5: a late fact takes them back).
+_CANDIDATES = {"request_logs": "candidates", "finetune_rows": "candidates-finetune"}
+# How often candidates past the retraction horizon are forgotten.
+_EXPIRE_EVERY_MS = 60_000
 
 
 def default_redaction_processes() -> int:
@@ -108,6 +138,7 @@ _ENCODED = (
     "request_logs",
     "log_store",
     "training_candidates",
+    "training_retractions",
     "usage_events",
     "audit",
     "dead_letters",
@@ -168,6 +199,11 @@ class OutputEncoder:
 
 _worker_encoder: OutputEncoder | None = None
 
+# The facts of a record as (read, waited long for them): the three states there are.
+_FACTS_READ = (True, False)
+_FACTS_WAITED = (True, True)
+_FACTS_UNREAD = (False, False)
+
 
 def start_output_worker(
     config: PolicyConfig, contracts: Mapping[str, tuple[str, str, int]]
@@ -193,11 +229,52 @@ class _Decided:
     stamp: bytes | None  # the log-store stamp (R4/R7), when the decision stores
 
 
-# (request shape, controls at creation, (watermark state, misuse flag ids, deletion asked)):
-# everything a request's decision depends on, so equal keys share one ``_Decided``.
-_DecisionKey = tuple[RequestShape, DataControls, tuple[WatermarkState, tuple[str, ...], bool]]
+# (request shape, controls at creation, (watermark state, misuse flag ids, deletion asked,
+# facts read, waited long for them)): everything a request's decision depends on, so equal
+# keys share one ``_Decided``.
+_DecisionKey = tuple[
+    RequestShape, DataControls, tuple[WatermarkState, tuple[str, ...], bool, bool, bool]
+]
 # Bound on remembered decisions (a few hundred bytes each); past it the memory starts again.
 _MAX_DECIDED = 50_000
+
+
+_STORES = tuple(_CANDIDATES.values())
+_STORE_INPUT = {store: field for field, store in _CANDIDATES.items()}
+
+
+def _readable_subject(is_request: bool, record: Mapping[str, Any]) -> tuple[str | None, str]:
+    """R16: the id of a record that failed validation, when one can be read."""
+    if is_request:
+        request_id = record.get("request_id")
+        if isinstance(request_id, str) and request_id:
+            return request_id, "request"
+        return None, "undecodable"
+    dataset, index = record.get("dataset_id"), record.get("row_index")
+    if isinstance(dataset, str) and dataset and isinstance(index, int):
+        return f"{dataset}:{index}", "finetune_row"
+    return None, "undecodable"
+
+
+def _entry_value(topic: str, entry: CandidateEntry) -> bytes:
+    """A candidate's store entry: ids and times, never content."""
+    return json.dumps(
+        {
+            "t": topic,
+            "k": entry.kind,
+            "o": entry.org_id,
+            "a": entry.api_key_id,
+            "c": entry.created_at_ms,
+            "r": entry.retracted,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _entry(candidate_id: str, data: dict[str, Any]) -> CandidateEntry:
+    return CandidateEntry(
+        candidate_id, data["k"], data["o"], data["a"], int(data["c"]), bool(data["r"])
+    )
 
 
 class DecisionMemory:
@@ -215,9 +292,13 @@ class DecisionMemory:
         decided = self._decided.get(key)
         if decided is not None:
             return decided
-        shape, controls, (state, flag_ids, deletion_requested) = key
+        shape, controls, (state, flag_ids, deletion_requested, facts_read, waited) = key
         facts = RoutingFacts(
-            watermark=state, misuse_flag_ids=flag_ids, deletion_requested=deletion_requested
+            watermark=state,
+            misuse_flag_ids=flag_ids,
+            deletion_requested=deletion_requested,
+            facts_read=facts_read,
+            waited_for_facts=waited,
         )
         decision = decide_request_shape(shape, controls, facts, self.config)
         stamp = log_store_stamp(decision, self.config) if decision.has(Route.LOG_STORE) else None
@@ -286,14 +367,38 @@ class Router:
         self._bad_state: list[tuple[Source, bytes | None, str, str]] = []
         self._watermarks: list[tuple[ControlsWatermark, dict[tuple[str, int], int]]] = []
         self._state_reader: CompactedReader | None = None
+        self.barrier: ReadBarrier | None = None
+        self._facts = _FACTS_READ  # of the record in hand (``_gate``)
+        # R15/R5: the orgs with a fact since the last look, whose candidates may have to be
+        # taken back, and what names the facts in the audit records of retractions.
+        self._late_orgs: set[str] = set()
+        self._deletion_ids: dict[str, str] = {}
+        self._fact_sources: dict[str, Source] = {}
+        self._changelogs = {name: internal_topic(self.topics, JOB, name) for name in _STORES}
+        self.retractions = 0
         self.spec = JobSpec(
             name=JOB,
             inputs=_INPUTS,
-            outputs=("log_store", "training_candidates", "usage_events", "audit", "dead_letters"),
-            punctuators=(Punctuator(0, self.refresh),),  # every turn, before consuming
+            outputs=(
+                "log_store",
+                "training_candidates",
+                "training_retractions",
+                "usage_events",
+                "audit",
+                "dead_letters",
+            ),
+            stores=tuple(StoreSpec(store, input=field) for field, store in _CANDIDATES.items()),
+            punctuators=(
+                Punctuator(0, self.refresh, per_partition=False),  # every turn, first
+                Punctuator(_EXPIRE_EVERY_MS, self.expire_candidates, per_partition=False),
+            ),
             invalid=(InvalidRecord, TypeError),
+            subject_of=lambda topic, record: _readable_subject(
+                topic == self.topics.request_logs, record
+            ),
             withheld_rules=("R2",),
             keep_invalid_content=self._may_keep,
+            gate=self._gate,
         )
 
     # --- state topics -------------------------------------------------------------
@@ -306,6 +411,7 @@ class Router:
             self.apply_state,
             group_id=group_id,
         )
+        self.barrier = ReadBarrier(self._state_reader)
         return self._state_reader
 
     def apply_state(self, message: Message) -> None:
@@ -324,26 +430,156 @@ class Router:
                 ends = self._state_reader.end_offsets(t.data_controls) if self._state_reader else {}
                 self._watermarks.append((ControlsWatermark(**record), ends))
             elif source.topic == t.misuse_flags:
-                self.holds.apply_flag(validate_flag(record))
+                flag = validate_flag(record)
+                if self.holds.apply_flag(flag) is not None:
+                    self._late_orgs.add(flag.org_id)
+                    self._fact_sources[flag.flag_id] = source
+            elif source.topic == t.legal_holds:
+                self.holds.apply_legal_hold(validate_legal_hold(record))
             elif source.topic == t.account_deletions:
                 deletion = AccountDeletionRequest(**record)
                 self.ledger.record_deletion(deletion.org_id, deletion.requested_at_ms)
+                if self.ledger.deletion_requested_at(deletion.org_id) == deletion.requested_at_ms:
+                    self._deletion_ids.setdefault(deletion.org_id, deletion.deletion_id)
+                self._fact_sources[deletion.deletion_id] = source
+                self._late_orgs.add(deletion.org_id)
         except (DecodeError, InvalidRecord, TypeError) as exc:
             reason = getattr(exc, "reason", "fields do not match contract")
             # R17: a bad control record is set aside and reported; the state stays as it was.
             self._bad_state.append((source, message.key(), reason, type(exc).__name__))
 
     def refresh(self, ctx: Context) -> None:
-        """Every turn: read what the state topics brought, advance the watermark, report bad
-        control records (R17; written with the next batch, even if this one aborts)."""
+        """Every turn: read what the fact topics brought, advance the watermark and the read
+        barrier, take back the candidates late facts cover, report bad control records (R17;
+        written with the next batch, even if this one aborts)."""
         reader = self._state_reader
         if reader is not None:
             reader.poll()
         while self._watermarks and (reader is None or reader.reached(self._watermarks[0][1])):
             self.ledger.advance_watermark(self._watermarks.pop(0)[0])
+        if self.barrier is not None:
+            self.barrier.advance()
+        self._retract_late(ctx)
         bad, self._bad_state = self._bad_state, []
         for source, key, reason, error_class in bad:
             ctx.dead_letter(reason, error_class, about=(source, key))
+
+    def _gate(self, ctx: Context) -> Defer | None:
+        """R15/R5/R12: no decision ahead of the facts published before the record was read;
+        past ``facts_stall_ms`` it is decided without them (fail closed)."""
+        self._facts = _FACTS_READ
+        if self.barrier is None:
+            return None
+        ready, waited_s = self.barrier.status(*ctx.source)
+        if not ready and waited_s * 1000 < self.config.facts_stall_ms:
+            return DEFER
+        if not ready:
+            self._facts = _FACTS_UNREAD
+        elif waited_s * 1000 > self.config.facts_wait_audited_ms:
+            self._facts = _FACTS_WAITED
+        return None
+
+    # --- late facts (R15, R5) ------------------------------------------------------
+    def _index(self, store: KeyValueStore) -> CandidateIndex:
+        """The candidates of one store, derived from its entries; when a partition is taken
+        over (restored), its candidates are checked against every fact known now."""
+
+        def build(restored: KeyValueStore) -> CandidateIndex:
+            index = CandidateIndex()
+            for key, value in restored.items():
+                index.add(_entry(key.decode(), json.loads(value)))
+            self._late_orgs.update(entry.org_id for entry in index)
+            return index
+
+        return store.view("candidates", build)
+
+    def _remember(self, ctx: Context, field: str, entry: CandidateEntry) -> None:
+        """R15/R5: a candidate produced, in the batch's transaction (its store's changelog)."""
+        store = ctx.store(_CANDIDATES[field])
+        self._index(store).add(entry)
+        store.put(entry.candidate_id.encode(), _entry_value(ctx.source.topic, entry))
+
+    def _retract_late(self, ctx: Context) -> None:
+        owned = [
+            (name, partition, store, self._index(store))
+            for name in _STORES
+            for partition, store in ctx.stores(name).items()
+        ]
+        if not self._late_orgs:
+            return
+        now = ctx.now()
+        orgs, self._late_orgs = self._late_orgs, set()
+        for org in orgs:
+            deletion_at = self.ledger.deletion_requested_at(org)
+            deletion = (
+                None if deletion_at is None else (self._deletion_ids.get(org, ""), deletion_at)
+            )
+            flags = [h for h in self.holds.active(org) if h.kind == "misuse"]
+            if deletion is None and not flags:
+                continue
+            for name, partition, store, index in owned:
+                for entry in list(index.of_org(org)):
+                    if entry.retracted:
+                        continue
+                    retraction = retraction_rules(entry, deletion, flags)
+                    if retraction is not None:
+                        self._retract(ctx, name, partition, store, index, entry, retraction, now)
+
+    def _retract(
+        self,
+        ctx: Context,
+        name: str,
+        partition: int,
+        store: KeyValueStore,
+        index: CandidateIndex,
+        entry: CandidateEntry,
+        retraction: Retraction,
+        now: int,
+    ) -> None:
+        """R15/R5: a candidate's retraction, its audit and its store mark, together."""
+        record = training_retraction(entry, retraction, now, self.config.policy_version)
+        source = next(
+            (self._fact_sources[f] for f in retraction.fact_ids if f in self._fact_sources),
+            Source(self._changelogs[name], partition, -1),
+        )
+        decision = Decision(
+            routes=frozenset({Route.TRAINING_RETRACTION.value}),
+            rule_ids=retraction.rule_ids,
+            reasons=retraction.reasons,
+        )
+        subject = audit_subject(
+            job=JOB,
+            source=source,
+            subject_id=entry.candidate_id,
+            subject_kind="training_candidate",
+            org_id=entry.org_id,
+            decided_at_ms=now,
+            decision_suffix=f"/retract/{entry.candidate_id}",
+        )
+        self.retractions += 1
+        self._emit(ctx, "training_retractions", entry.candidate_id, record)
+        outcome = self._decisions.outcome(decision)
+        ctx.emit(
+            "audit",
+            entry.candidate_id,
+            self._encoder.encode_one("audit_decided", (subject, outcome)),
+        )
+        self._outcomes[decision.routes, decision.rule_ids] += 1
+        ctx.decided(decision.rule_ids)
+        marked = entry._replace(retracted=True)
+        index.add(marked)
+        topic = self.topics.name(_STORE_INPUT[name])
+        store.put(entry.candidate_id.encode(), _entry_value(topic, marked))
+
+    def expire_candidates(self, ctx: Context) -> None:
+        """Forget candidates past the retraction horizon (their store entries are deleted)."""
+        before = ctx.now() - self.config.retraction_horizon_ms
+        for name in _STORES:
+            for store in ctx.stores(name).values():
+                index = self._index(store)
+                for entry in index.older_than(before):
+                    index.discard(entry)
+                    store.delete(entry.candidate_id.encode())
 
     # --- records ------------------------------------------------------------------
     def process(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
@@ -353,9 +589,11 @@ class Router:
 
     def _may_keep(self, org_id: str | None, record: Mapping[str, Any]) -> bool:
         """R17/R1/R2: an invalid record's bytes are copied into its dead letter only for an
-        identified SaaS org that never had ZDR and is not being deleted."""
+        identified SaaS org that never had ZDR and is not being deleted, known from facts
+        read up to the record."""
         return (
             org_id is not None
+            and self._facts[0]
             and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
             and not self.ledger.ever_zero_data_retention(org_id)
             and self.ledger.deletion_requested_at(org_id) is None
@@ -376,7 +614,7 @@ class Router:
         deletion_requested = self.ledger.deletion_requested_at(request.org_id) is not None
         flag_ids = tuple([h.hold_id for h in flags]) if flags else ()
         decided = self._decisions.request(
-            (request_shape(request), controls, (state, flag_ids, deletion_requested))
+            (request_shape(request), controls, (state, flag_ids, deletion_requested, *self._facts))
         )
         decision = decided.decision
         self._emit(ctx, "usage_events", request.org_id, usage_event(request, self.config))
@@ -395,6 +633,14 @@ class Router:
             # bytes again (benchmarks/router_bench.py measured less CPU per record in all).
             candidate = (request, decision.consent_version)
             self._emit(ctx, "training_candidates", request.request_id, candidate)
+            entry = CandidateEntry(
+                request.request_id,
+                "PROMPT_GENERATION",
+                request.org_id,
+                request.api_key_id,
+                request.created_at_ms,
+            )
+            self._remember(ctx, "request_logs", entry)
         self._audit(ctx, request.request_id, "request", request.org_id, decided, now)
         return None
 
@@ -412,20 +658,26 @@ class Router:
             watermark=state,
             misuse_flag_ids=tuple(h.hold_id for h in flags),
             deletion_requested=self.ledger.deletion_requested_at(row.org_id) is not None,
+            facts_read=self._facts[0],
+            waited_for_facts=self._facts[1],
         )
         decision = decide_finetune_row(row, controls, facts, self.config)
         if decision.has(Route.TRAINING_CANDIDATE):
             candidate = (row, decision.consent_version)
             self._emit(ctx, "training_candidates", row.row_id, candidate)
+            entry = CandidateEntry(row.row_id, "FINETUNE_ROW", row.org_id, "", row.uploaded_at_ms)
+            self._remember(ctx, "finetune_rows", entry)
         decided = _Decided(decision, self._decisions.outcome(decision), None)
         self._audit(ctx, row.row_id, "finetune_row", row.org_id, decided, now)
         return None
 
     # --- outputs ------------------------------------------------------------------
     def close(self) -> None:
-        """Stops the offload worker processes, if any."""
+        """Stops the offload worker processes, if any, and the fact reader."""
         if self._offload is not None:
             self._offload.close()
+        if self._state_reader is not None:
+            self._state_reader.close()
 
     def _emit(self, ctx: Context, field: str, key: str, payload: Any) -> None:
         if self._offload is not None and field in _OFFLOADED:
@@ -497,5 +749,7 @@ def build_router_loop(
     except BaseException:
         router.close()
         raise
+    assert router.barrier is not None
+    loop.on_read.append(router.barrier.mark)
     loop.on_close.append(router.close)
     return loop, router

@@ -37,7 +37,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from streams.kafka.runtime import Context, JobSpec, StoreSpec
+from streams.kafka.runtime import (
+    Context,
+    JobSpec,
+    StoreSpec,
+    subject_field,
+)
 from streams.kafka.topics import SAFETY_EVALUATION
 from streams.kafka.transactional import Output
 from streams.policy.config import PolicyConfig
@@ -82,7 +87,7 @@ class SafetyEvaluationJob:
             ),
             invalid=(InvalidRecord,),
             subject_kind="safety_review",
-            subject_field="request_id",
+            subject_of=subject_field("request_id", "safety_review"),
             # R17: a safety review carries prompts and generations of an identified
             # customer: its bytes are never copied (R2/R8); the record stays findable at
             # its coordinates in safety-review for that topic's 30 days.

@@ -28,7 +28,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from streams.kafka.runtime import Context, JobSpec, KeyValueStore, Punctuator, StoreSpec
+from streams.kafka.runtime import (
+    Context,
+    JobSpec,
+    KeyValueStore,
+    Punctuator,
+    StoreSpec,
+    subject_field,
+)
 from streams.kafka.topics import USAGE
 from streams.policy.config import PolicyConfig
 from streams.policy.models import InvalidRecord, Route
@@ -112,7 +119,7 @@ class UsageJob:
             punctuators=(Punctuator(expire_every_ms, self.expire),),
             invalid=(InvalidRecord,),
             subject_kind="usage_event",
-            subject_field="request_id",
+            subject_of=subject_field("request_id", "usage_event"),
             # A usage event carries no content by contract (R3): the bytes of an invalid
             # one of an identified org are kept, so it can be recounted.
             keep_invalid_content=lambda org_id, _record: org_id is not None,

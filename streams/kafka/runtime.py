@@ -120,19 +120,24 @@ DEFER = Defer()
 
 @dataclass(frozen=True, slots=True)
 class StoreSpec:
-    """A key-value store; its changelog is ``<prefix><job>.<name>`` with ``topic_config``."""
+    """A key-value store; its changelog is ``<prefix><job>.<name>`` with ``topic_config``,
+    co-partitioned with the input ``input`` (default: the job's first input): the store of
+    partition p is restored and written by the worker that owns that input's partition p."""
 
     name: str
     topic_config: Mapping[str, str] = field(default_factory=dict)
+    input: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Punctuator:
     """``run(ctx)`` every ``every_ms`` on the job's clock (0: every turn of the loop). On a
-    job with stores, once per owned partition, with ``ctx.store`` bound to it."""
+    job with stores and ``per_partition``, once per owned partition of the first store,
+    with ``ctx.store`` bound to it; otherwise once (``ctx.stores(name)`` gives them all)."""
 
     every_ms: int
     run: Callable[[Context], None]
+    per_partition: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +150,13 @@ class JobSpec:
     # Exceptions that mean "decoded, but not a valid record" (R17): they carry ``reason``
     # (never content) and may carry ``org_id``.
     invalid: tuple[type[Exception], ...] = ()
-    subject_kind: str = "record"  # what the audit record of an input calls it
-    subject_field: str | None = None  # the record field naming the subject, if any
+    subject_kind: str = "record"  # what the job's audit records call their subject
+    # R16: the subject (id, kind) of an invalid record, when one is readable; (None, kind)
+    # otherwise. ``subject_field`` builds the usual one.
+    subject_of: Callable[[str, Mapping[str, Any]], tuple[str | None, str]] | None = None
+    # Called before a record is even decoded: DEFER holds it (the router waits for the
+    # facts published before the record was read); None lets it through.
+    gate: Callable[[Context], Defer | None] | None = None
     dead_letter_rules: tuple[str, ...] = ("R17",)
     # Rules added to a dead letter whose content is withheld (e.g. ("R2",) for a job whose
     # input may be a ZDR org's content).
@@ -158,6 +168,18 @@ class JobSpec:
     # about the input's order); None keeps the order they were emitted in.
     arrange: Callable[[list[Output]], list[Output]] | None = None
     batch_size: int = 5000
+
+
+def subject_field(
+    name: str, kind: str
+) -> Callable[[str, Mapping[str, Any]], tuple[str | None, str]]:
+    """``JobSpec.subject_of`` for records whose subject id is the string field ``name``."""
+
+    def subject(_topic: str, record: Mapping[str, Any]) -> tuple[str | None, str]:
+        value = record.get(name)
+        return (value, kind) if isinstance(value, str) and value else (None, "undecodable")
+
+    return subject
 
 
 class Job(Protocol):
@@ -285,6 +307,7 @@ class Context:
         *,
         org_id: str | None = None,
         subject_id: str | None = None,
+        subject_kind: str | None = None,
         rules: Sequence[str] | None = None,
         keep_content: bool = False,
         about: tuple[Source, bytes | None] | None = None,
@@ -311,7 +334,7 @@ class Context:
             decided_at_ms=runtime.clock(),
             rule_ids=rules,
             subject_id=subject_id,
-            subject_kind=spec.subject_kind,
+            subject_kind=subject_kind or spec.subject_kind,
         )
         runtime.dead_letters[error_class] += 1
         runtime.rules[tuple(rules)] += 1
@@ -329,6 +352,10 @@ class Context:
         """The store ``name`` of the current record's partition (restored if need be)."""
         return self._runtime.store(name, self.partition)
 
+    def stores(self, name: str) -> dict[int, KeyValueStore]:
+        """Every restored store ``name`` of the owned partitions, by partition."""
+        return self._runtime.stores[name]
+
 
 class _Processing:
     """The transactional loop's processor: the envelope, the context, the stores."""
@@ -341,6 +368,7 @@ class _Processing:
         *,
         clock: Clock,
         restore: Callable[[str, int], Mapping[bytes, bytes]],
+        unwritten: Callable[[], list[Output]] = list,
         backend: StoreBackend = MemoryStore,
         max_record_bytes: int = 1_000_000,
     ) -> None:
@@ -350,6 +378,7 @@ class _Processing:
         self.trail = trail
         self.clock = clock
         self.restore = restore
+        self.unwritten = unwritten  # outputs of an aborted batch, to be written with the next
         self.backend = backend
         self.max_record_bytes = max_record_bytes
         topics = contracts.topics
@@ -364,7 +393,9 @@ class _Processing:
                 raise ValueError(f"job {spec.name} must declare the {needed} output (R16/R17)")
         self.changelogs = changelog_topics(spec, topics)
         self.stores: dict[str, dict[int, KeyValueStore]] = {s.name: {} for s in spec.stores}
-        self.owned: set[int] = set()  # input partitions assigned, whose stores are wanted
+        # The input topic each store is co-partitioned with, and the partitions assigned.
+        self.store_topic = {s.name: topics.name(s.input or spec.inputs[0]) for s in spec.stores}
+        self.owned: dict[str, set[int]] = {}
         self.ctx = Context(self)
         self._next_due = [0] * len(spec.punctuators)
         # Hot-path counts, published to the metrics once a second (``publish``).
@@ -380,7 +411,19 @@ class _Processing:
         store = stores.get(partition)
         if store is None:
             started = time.monotonic()
-            store = stores[partition] = self.backend(self.restore(name, partition))
+            contents = dict(self.restore(name, partition))
+            # What an aborted batch's punctuators wrote is written again with the next batch
+            # (the loop offers their outputs again): the store includes it meanwhile, so a
+            # punctuator does not decide the same thing twice.
+            topic = self.changelogs[name]
+            for out in self.unwritten():
+                if out.topic == topic and out.partition == partition:
+                    key = out.key.encode() if isinstance(out.key, str) else out.key
+                    if key is not None and out.value is None:
+                        contents.pop(key, None)
+                    elif key is not None and isinstance(out.value, bytes):
+                        contents[key] = out.value
+            store = stores[partition] = self.backend(contents)
             log.info(
                 "partition %d restored: store %s, %d entries in %.2fs",
                 partition,
@@ -393,16 +436,18 @@ class _Processing:
     def restore_owned(self) -> None:
         """Stores are restored on assignment, before the partition's first record."""
         for name, stores in self.stores.items():
-            for partition in sorted(self.owned - set(stores)):
+            for partition in sorted(self.owned.get(self.store_topic[name], set()) - set(stores)):
                 self.store(name, partition)
 
-    def forget(self, partitions: Iterable[int] | None = None) -> None:
-        """Drop the stores of these partitions (all when None): restored when next wanted."""
-        for stores in self.stores.values():
+    def forget(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Drop the stores of these input partitions (all when None): restored when next
+        wanted."""
+        for name, stores in self.stores.items():
             if partitions is None:
                 stores.clear()
-            for partition in partitions or ():
-                stores.pop(partition, None)
+            for topic, partition in partitions or ():
+                if topic == self.store_topic[name]:
+                    stores.pop(partition, None)
 
     def changelog(self) -> list[Output]:
         """This batch's writes to every store, as records of the co-partitioned changelogs."""
@@ -434,10 +479,15 @@ class _Processing:
             if now < self._next_due[index]:
                 continue
             self._next_due[index] = now + punctuator.every_ms
-            partitions = sorted(next(iter(self.stores.values()))) if self.stores else [-1]
+            partitions = [-1]
+            if self.stores and punctuator.per_partition:
+                partitions = sorted(next(iter(self.stores.values())))
             for partition in partitions:
                 ctx.partition = partition
                 punctuator.run(ctx)
+        # What the punctuators wrote to stores goes with what they emitted: written in this
+        # turn's transaction, or with the next one if this one aborts.
+        outputs.extend(self.changelog())
         return outputs
 
     def process(self, message: Message) -> list[Output] | None:
@@ -448,6 +498,9 @@ class _Processing:
         ctx.value = value
         outputs: list[Output] = []
         ctx.outputs = outputs
+        gate = self.spec.gate
+        if gate is not None and gate(ctx) is DEFER:
+            return None
         self.consumed[source.topic] += 1
         if value is not None and len(value) > self.max_record_bytes:
             ctx.dead_letter("oversize record", "Oversize")
@@ -472,13 +525,17 @@ class _Processing:
         # Only the org the job's validation vouched for (R2: fail closed on content).
         org_id = getattr(exc, "org_id", None)
         org_id = org_id if isinstance(org_id, str) and org_id else None
-        subject = record.get(self.spec.subject_field) if self.spec.subject_field else None
+        subject_of = self.spec.subject_of
+        subject, kind = (None, "undecodable")
+        if subject_of is not None:
+            subject, kind = subject_of(ctx.source.topic, record)
         keep = self.spec.keep_invalid_content
         ctx.dead_letter(
             reason,
             type(exc).__name__,
             org_id=org_id,
-            subject_id=subject if isinstance(subject, str) and subject else None,
+            subject_id=subject,
+            subject_kind=kind,
             keep_content=keep is not None and keep(org_id, record),
         )
 
@@ -532,11 +589,11 @@ class Runtime(TransactionalLoop):
         readers: dict[str, StateReader] = {}
         for store in spec.stores:
             changelog = changelog_topics(spec, topics)[store.name]
-            # Co-partitioned with the (first) input: input partition p -> changelog p.
+            # Co-partitioned with its input: input partition p -> changelog partition p.
             ensure_copartitioned_topic(
                 connection.bootstrap_servers,
                 changelog,
-                topics.name(spec.inputs[0]),
+                topics.name(store.input or spec.inputs[0]),
                 store.topic_config,
             )
             readers[store.name] = StateReader(
@@ -548,6 +605,7 @@ class Runtime(TransactionalLoop):
             trail,
             clock=clock,
             restore=lambda name, partition: readers[name].read(partition),
+            unwritten=lambda: self._unwritten,
             backend=backend,
             max_record_bytes=connection.max_record_bytes,
         )
@@ -599,14 +657,16 @@ class Runtime(TransactionalLoop):
 
     def revoked(self, partitions: list[TopicPartition]) -> None:
         self._revoked_in_step = True
-        gone = {tp.partition for tp in partitions}
-        self.processor.owned -= gone
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for topic, partition in gone:
+            self.processor.owned.setdefault(topic, set()).discard(partition)
         self.processor.forget(gone)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         super()._on_assign(consumer, partitions)
         # Restored at the start of the next turn, outside the rebalance callback.
-        self.processor.owned |= {tp.partition for tp in partitions}
+        for tp in partitions:
+            self.processor.owned.setdefault(tp.topic, set()).add(tp.partition)
 
     @property
     def decided(self) -> int:
@@ -671,14 +731,18 @@ class JobDriver:
         return self.processing.process(ConsumedRecord(topic, partition, offset, key, value))  # type: ignore[arg-type]
 
     def punctuate(self) -> list[Output]:
-        """The punctuators that are due on the job's clock."""
-        return self.processing.refresh()
+        """The punctuators that are due on the job's clock: what they emitted and wrote."""
+        return self._written(self.processing.refresh())
 
     def commit(self) -> list[Output]:
         """The changelog records of the writes so far, as the runtime adds them to a batch."""
-        outputs = self.processing.changelog()
+        return self._written(self.processing.changelog())
+
+    def _written(self, outputs: list[Output]) -> list[Output]:
         names = {topic: name for name, topic in self.processing.changelogs.items()}
         for out in outputs:
+            if out.topic not in names:
+                continue
             entries = self.changelog.setdefault((names[out.topic], out.partition), {})
             key = out.key.encode() if isinstance(out.key, str) else out.key
             assert key is not None

@@ -45,6 +45,7 @@ BASE_NAMES = {
     "safety_review": "safety-review",
     "safety_evaluation": "safety-evaluation",
     "training_candidates": "training-candidates",
+    "training_retractions": "training-retractions",
     "usage_events": "usage-events",
     "usage_metrics": "usage-metrics",
     "audit": "audit-decisions",
@@ -72,6 +73,7 @@ class Topology:
     safety_review: str = field(init=False)
     safety_evaluation: str = field(init=False)
     training_candidates: str = field(init=False)
+    training_retractions: str = field(init=False)
     usage_events: str = field(init=False)
     usage_metrics: str = field(init=False)
     audit: str = field(init=False)
@@ -216,7 +218,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         COMPACT,
         FOREVER,
         (LEGAL,),
-        (RETENTION,),
+        (ROUTER, RETENTION),
         "R6: legal holds, latest state per hold_id.",
         key_fields=("hold_id",),
     ),
@@ -298,6 +300,18 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (TRAINING,),
         "R9/R10: PII-stripped training candidates, for the training team only.",
         key_fields=("source_id",),
+    ),
+    # R15/R5: compacted by candidate, kept as long as the candidates they take back.
+    TopicSpec(
+        "training_retractions",
+        "training_retraction.avsc",
+        PARTITIONS,
+        COMPACT,
+        FOREVER,
+        (ROUTER,),
+        (TRAINING,),
+        "R15/R5/R9: training candidates taken back by a late deletion or misuse flag.",
+        key_fields=("candidate_id",),
     ),
     TopicSpec(
         "usage_events",

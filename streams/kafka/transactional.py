@@ -99,6 +99,8 @@ class TransactionalLoop:
         self.produced = 0
         self.transactions = 0
         self.on_close: list[Callable[[], None]] = []  # run after the clients are closed
+        # Run with every batch read, before any of it is processed (``ReadBarrier.mark``).
+        self.on_read: list[Callable[[list[Message]], None]] = []
         consumer_conf: dict[str, Any] = {
             **client_config(config.bootstrap_servers),
             "group.id": config.group_id,
@@ -180,6 +182,9 @@ class TransactionalLoop:
         offsets: dict[tuple[str, int], int] = {}
         self._drain_pending(outputs, offsets)
         messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
+        if messages:
+            for on_read in self.on_read:
+                on_read(messages)
         for message in messages:
             error = message.error()
             if error is not None:

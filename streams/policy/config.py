@@ -46,6 +46,15 @@ class PolicyConfig:
     # R12: how long a request may wait for the controls watermark before it is
     # decided without training (fail closed).
     watermark_stall_ms: int = 5 * 60_000
+    # R15/R5/R12: how long a request may wait for the facts published before it was read
+    # (deletions, flags, holds, control changes) before it is decided fail closed: usage only.
+    facts_stall_ms: int = 5 * 60_000
+    # R16: a wait for facts longer than this is named in the request's audit record.
+    facts_wait_audited_ms: int = 1_000
+    # R15/R5: how long after a request's creation a late deletion or misuse flag still
+    # retracts the training candidate it produced (the router remembers candidates this
+    # long: about 200 bytes each, in memory).
+    retraction_horizon_ms: int = 30 * 60_000
     # R17: records larger than this are dead-lettered instead of processed.
     max_record_bytes: int = 1_000_000
     # R4 / R17: dead letters expire with the log store's 30 days.
@@ -62,4 +71,10 @@ def load_config() -> PolicyConfig:
     stall = os.environ.get("STREAMS_WATERMARK_STALL_MS")
     if stall:
         config = replace(config, watermark_stall_ms=int(stall))
+    facts_stall = os.environ.get("STREAMS_FACTS_STALL_MS")
+    if facts_stall:
+        config = replace(config, facts_stall_ms=int(facts_stall))
+    horizon = os.environ.get("STREAMS_RETRACTION_HORIZON_MS")
+    if horizon:
+        config = replace(config, retraction_horizon_ms=int(horizon))
     return config

@@ -52,6 +52,7 @@ class Route(StrEnum):
     USAGE = "usage"
     DEAD_LETTER = "dead_letter"
     DROPPED = "dropped"
+    TRAINING_RETRACTION = "training_retraction"  # a candidate taken back by a late fact
 
 
 class RequestLog(NamedTuple):

@@ -67,6 +67,19 @@ class RoutingFacts:
     watermark: WatermarkState
     misuse_flag_ids: tuple[str, ...] = ()
     deletion_requested: bool = False
+    # R15/R5/R12: False when the facts published before the record was read (deletions,
+    # flags, holds, control changes) could not all be read within the bound.
+    facts_read: bool = True
+    # R16: the record waited longer than the audited bound for those facts.
+    waited_for_facts: bool = False
+
+
+# The reasons of the two facts states, named once for both kinds of record.
+_FACTS_UNREAD = (
+    "R15/R5: facts published before the record was read (deletions, misuse flags) were "
+    "not all read within the bound; content not written (fail closed)"
+)
+_WAITED_FOR_FACTS = "R12: decided after a long wait for the facts published before it was read"
 
 
 def validate_request(record: Mapping[str, Any]) -> RequestLog:
@@ -173,6 +186,8 @@ def decide_request_shape(
         return done()
 
     rules.append("R12")
+    if facts.waited_for_facts:
+        reasons.append(_WAITED_FOR_FACTS)
     # R2: zero data retention as of creation time: nothing but usage.
     if controls.zero_data_retention:
         rules.append("R2")
@@ -183,6 +198,13 @@ def decide_request_shape(
     if facts.deletion_requested:
         rules.append("R15")
         reasons.append("R15: account deletion requested; content not written")
+        return done()
+
+    # Fail closed: the deletion or flag that would stop this request may be among the
+    # facts not read yet, so nothing but usage is written.
+    if not facts.facts_read:
+        rules += ["R15", "R5"]
+        reasons.append(_FACTS_UNREAD)
         return done()
 
     if facts.watermark == WatermarkState.STALLED:
@@ -227,6 +249,8 @@ def decide_finetune_row(
     reasons: list[str] = []
     if not controls.recorded:
         rules.append("R14")
+    if facts.waited_for_facts:
+        reasons.append(_WAITED_FOR_FACTS)
     if row.deployment != Deployment.SAAS:
         rules.append("R1")
         reasons.append("R1: content from a non-SaaS deployment dropped (policy violation)")
@@ -234,6 +258,10 @@ def decide_finetune_row(
     elif controls.zero_data_retention:
         rules.append("R2")
         reasons.append("R2: zero data retention in effect at upload; row not written")
+        routes.add(Route.DROPPED.value)
+    elif not facts.facts_read:
+        rules += ["R15", "R5"]
+        reasons.append(_FACTS_UNREAD)
         routes.add(Route.DROPPED.value)
     else:
         blockers = _training_blockers(

@@ -297,7 +297,7 @@ def _other_schema_bytes(stack: Stack, schema: dict[str, Any], record: dict[str, 
     return out.getvalue()
 
 
-def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17(stack: Stack) -> None:
+def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17_R16(stack: Stack) -> None:
     """R17: garbage, unknown schema id, missing fields, oversize, invalid UTF-8, invalid values."""
     from dataclasses import replace
 
@@ -348,6 +348,12 @@ def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17(stack: Sta
     assert zdr_letter["content_withheld"] and zdr_letter["original_value"] is None  # R2
     # The good record after the bad ones was still routed.
     assert "r-good" in by_key(stack.read("log_store"))
+    # R16: a record that failed validation but whose request id is readable is audited under
+    # that id (``streams explain r-zdr-bad`` finds it), with its coordinates.
+    audit = by_key(stack.read("audit"))
+    assert audit["r-zdr-bad"]["routes"] == ["dead_letter"]
+    assert audit["r-zdr-bad"]["subject_kind"] == "request"
+    assert audit["r-zdr-bad"]["source_topic"] == stack.config.topics.request_logs
 
 
 def test_router_metrics_count_routes_rules_and_dead_letters_without_content_R16(

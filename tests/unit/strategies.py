@@ -409,6 +409,8 @@ routing_facts = st.builds(
     watermark=st.sampled_from(list(WatermarkState)),
     misuse_flag_ids=st.lists(st.sampled_from(("f1", "f2")), max_size=2).map(tuple),
     deletion_requested=st.booleans(),
+    facts_read=st.booleans(),
+    waited_for_facts=st.booleans(),
 )
 
 optional_bool = st.one_of(st.none(), st.booleans())

@@ -102,6 +102,7 @@ def all_r9_conditions(request: RequestLog, c: DataControls, f: RoutingFacts) -> 
         and not any(is_workspace_name(x) for x in request.connectors)
         and not f.misuse_flag_ids
         and not f.deletion_requested
+        and f.facts_read
         and f.watermark == WatermarkState.PASSED
     )
 
@@ -304,14 +305,15 @@ def test_r7_r12_contractual_retention_applies_to_records_created_while_in_effect
 def test_r4_property_log_store_exactly_for_saas_non_zdr_non_deleted(
     request: RequestLog, c: DataControls, f: RoutingFacts
 ) -> None:
-    """R4 (+R1, R2, R12, R15): log store iff SaaS, not ZDR, no deletion and the watermark did
-    not stall (fail closed); training blockers (toggle, misuse, connectors, a watermark still
-    waiting) never remove the log store; R7 iff non-default."""
+    """R4 (+R1, R2, R12, R15): log store iff SaaS, not ZDR, no deletion, the facts before it
+    read and the watermark did not stall (fail closed); training blockers (toggle, misuse,
+    connectors, a watermark still waiting) never remove the log store; R7 iff non-default."""
     decision = decide_request(request, c, f, CONFIG)
     expected = (
         request.deployment == Deployment.SAAS
         and not c.zero_data_retention
         and not f.deletion_requested
+        and f.facts_read
         and f.watermark != WatermarkState.STALLED
     )
     assert decision.has(LOG) == expected
@@ -526,6 +528,7 @@ def test_r10_property_row_candidate_iff_all_conditions(
         and not c.training_exclusion
         and not f.misuse_flag_ids
         and not f.deletion_requested
+        and f.facts_read
         and f.watermark == WatermarkState.PASSED
     )
     assert decision.routes == ({TRAIN} if ok else {DROPPED})
