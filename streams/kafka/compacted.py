@@ -143,6 +143,9 @@ class CompactedReader:
         self._consumer.close()
 
 
+_WAITS_KEPT = 10_000  # waits of recent marks remembered for the audit (R16)
+
+
 class ReadBarrier:
     """Which consumed input records may be acted on: those whose state is complete.
 
@@ -156,9 +159,10 @@ class ReadBarrier:
 
     def __init__(self, reader: CompactedReader) -> None:
         self._reader = reader
-        self._marks: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
+        self._marks: deque[tuple[int, dict[tuple[str, int], int], float]] = deque()
         self._next = 0
         self._passed = -1  # the last mark whose end offsets the reader has reached
+        self._waited: dict[int, float] = {}  # mark -> seconds from reading to passing it
         # per input partition, in reading order: (last offset of a batch, its mark, read at)
         self._batches: dict[tuple[str, int], deque[tuple[int, int, float]]] = {}
 
@@ -174,24 +178,31 @@ class ReadBarrier:
         read_at = time.monotonic()
         seq = self._next
         self._next += 1
-        self._marks.append((seq, self._reader.committed_ends()))
+        self._marks.append((seq, self._reader.committed_ends(), read_at))
         for tp, offset in last.items():
             self._batches.setdefault(tp, deque()).append((offset, seq, read_at))
 
     def advance(self) -> None:
         """Move past every mark the reader has reached (call after it polled)."""
         while self._marks and self._reader.reached(self._marks[0][1]):
-            self._passed = self._marks.popleft()[0]
+            seq, _, read_at = self._marks.popleft()
+            self._passed = seq
+            self._waited[seq] = time.monotonic() - read_at
+            if len(self._waited) > _WAITS_KEPT:
+                del self._waited[next(iter(self._waited))]
 
     def status(self, topic: str, partition: int, offset: int) -> tuple[bool, float]:
-        """Whether the record is ready, and how long ago it was read (seconds)."""
+        """Whether the record is ready, and how long it waited for the facts (seconds: from
+        reading its batch to the facts being applied, or until now while it waits)."""
         batches = self._batches.get((topic, partition))
         # Batches come in reading order; after a rewind the same offsets are read and
         # marked again, and an earlier mark of a record stays valid (it was read before it).
         while batches:
             last, seq, read_at = batches[0]
             if last >= offset:
-                return seq <= self._passed, time.monotonic() - read_at
+                if seq <= self._passed:
+                    return True, self._waited.get(seq, 0.0)
+                return False, time.monotonic() - read_at
             batches.popleft()
         # Never marked (the loop marks every batch it reads): not known to be ready.
         return False, float("inf")
