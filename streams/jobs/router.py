@@ -379,14 +379,7 @@ class Router:
         self.spec = JobSpec(
             name=JOB,
             inputs=_INPUTS,
-            outputs=(
-                "log_store",
-                "training_candidates",
-                "training_retractions",
-                "usage_events",
-                "audit",
-                "dead_letters",
-            ),
+            outputs=tuple(field for field in _ENCODED if field not in _INPUTS),
             stores=tuple(StoreSpec(store, input=field) for field, store in _CANDIDATES.items()),
             punctuators=(
                 Punctuator(0, self.refresh, per_partition=False),  # every turn, first

@@ -353,7 +353,7 @@ def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17_R16(stack:
     audit = by_key(stack.read("audit"))
     assert audit["r-zdr-bad"]["routes"] == ["dead_letter"]
     assert audit["r-zdr-bad"]["subject_kind"] == "request"
-    assert audit["r-zdr-bad"]["source_topic"] == stack.config.topics.request_logs
+    assert audit["r-zdr-bad"]["source_topic"] == stack.topology.request_logs
 
 
 def test_router_metrics_count_routes_rules_and_dead_letters_without_content_R16(
