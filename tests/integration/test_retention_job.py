@@ -26,7 +26,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.jobs.retention import write_clock
+from streams.jobs.retention import DeletionWatch, write_clock
+from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ensure_topics
 from streams.policy.config import PolicyConfig
@@ -835,11 +836,21 @@ def test_deleted_content_is_unreadable_within_the_bound_R4_R15_R5(
         out.wait("every record deleted", lambda: set(ids) <= set(out.deletions()))
         deleted_at = time.monotonic()
         assert _content_left(s, set(ids)), "read back before the bound: the content was there"
+        # The job's own answer to "is it gone yet?" (its metric), asked of the same broker.
+        watch = DeletionWatch(s.bootstrap, s.config.topics.log_store, "deletion-watch-test")
+        now = int(time.time() * 1000)
+        for _, value, partition, offset in read_topic(s.bootstrap, s.config.topics.log_store):
+            if value is not None:
+                key = contracts.codec("log_store").decode(value)["request_id"]
+                watch.deleted(partition, offset, key, now - 1000)
+        assert watch.oldest_readable_ms(now) >= 1000
         left = _content_left(s, set(ids))
         while left and time.monotonic() - deleted_at < BOUND_MS / 1000 + 10:
             time.sleep(1)
             left = _content_left(s, set(ids))
         took = time.monotonic() - deleted_at
+        assert watch.oldest_readable_ms(int(time.time() * 1000)) == 0
+        watch.close()
         print(f"deleted content unreadable after {took:.1f} s (bound {BOUND_MS / 1000:.0f} s)")
         assert not left, f"still readable after {took:.0f} s: {left}"
         assert took <= BOUND_MS / 1000
