@@ -45,7 +45,7 @@ import json
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +65,20 @@ from streams.kafka.faust_app import (
     partition_for,
     raw_topic,
 )
+from streams.kafka.metrics import DISABLED, JobMetrics
 from streams.kafka.runtime import FileClock as FileClock  # tests and benchmarks use it here
 from streams.kafka.runtime import wall_clock_ms
 from streams.kafka.runtime import write_clock as write_clock
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.topics import RETENTION, Topology, internal_topic, key_for
+from streams.kafka.topics import (
+    RETENTION,
+    ROLL_KEY,
+    Topology,
+    deletion_bound_ms,
+    internal_topic,
+    key_for,
+    roll_interval_ms,
+)
 from streams.policy.audit import Source, audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag, validate_legal_hold
@@ -109,6 +118,9 @@ class RetentionSettings:
     batch_size: int = 1000  # events decided before one wait for the broker's acknowledgements
     processing_guarantee: str = AT_LEAST_ONCE
     faust_extra: Mapping[str, Any] = field(default_factory=dict)
+    # R4/R15: deleted content unreadable within this many ms (``STREAMS_DELETION_BOUND_MS``;
+    # the topics' configs are made for it by ``streams topics``).
+    deletion_bound: int = field(default_factory=deletion_bound_ms)
 
     def __post_init__(self) -> None:
         # R4: deletion must happen within the configured bound after a record falls due.
@@ -280,6 +292,71 @@ class ContentReader:
         self._consumer.close()
 
 
+# --- deletion bound (R4, R15) ----------------------------------------------------------
+class DeletionWatch:
+    """Answers "deleted: is it gone yet?" for the log store, from the broker itself.
+
+    The job notes the offset of each value it deletes (sampled: the first deletion of each
+    second per partition, so memory stays within partitions x bound seconds) and reads that
+    offset back now and then: while the broker still serves the value there, it is
+    readable. ``oldest_readable_ms`` is the age of the oldest such value (0: none), exported
+    as a metric to alert on before it reaches the bound.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, group: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                **client_config(bootstrap_servers),
+                "group.id": group,  # never committed; librdkafka requires one
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            }
+        )
+        self._pending: dict[int, deque[tuple[int, int, str]]] = {}
+
+    def deleted(self, partition: int, offset: int, request_id: str, at_ms: int) -> None:
+        pending = self._pending.setdefault(partition, deque())
+        if not pending or at_ms // 1000 > pending[-1][0] // 1000:
+            pending.append((at_ms, offset, request_id))
+
+    def oldest_readable_ms(self, now_ms: int) -> int:
+        oldest = 0
+        for partition, pending in self._pending.items():
+            while pending and not self._readable(partition, pending[0][1], pending[0][2]):
+                pending.popleft()
+            if pending:
+                oldest = max(oldest, now_ms - pending[0][0])
+        return oldest
+
+    def _readable(self, partition: int, offset: int, request_id: str) -> bool:
+        self._consumer.assign([TopicPartition(self.topic, partition, offset)])
+        try:
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                message = self._consumer.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    # the end of the partition before the offset: nothing there any more
+                    return bool(error.code() != KafkaError._PARTITION_EOF)
+                key = message.key()
+                return (
+                    message.offset() == offset
+                    and message.value() is not None
+                    and key is not None
+                    and key.decode(errors="replace") == request_id
+                )
+            return True  # no answer: not known to be gone (fail closed: report it)
+        finally:
+            self._consumer.unassign()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 # --- outputs -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Out:
@@ -423,6 +500,13 @@ class RetentionJob:
         self._reader = ContentReader(
             settings.bootstrap_servers, log_store, f"{app.conf.id}-content-reader"
         )
+        self.metrics = JobMetrics(JOB)
+        self._watch = DeletionWatch(
+            settings.bootstrap_servers, log_store, f"{app.conf.id}-deletion-watch"
+        )
+        self._roll_every_s = roll_interval_ms(settings.deletion_bound) / 1000
+        self._next_roll = 0.0
+        self._next_watch = 0.0
         self._output: OutputProducer | FaustOutputs
         if settings.processing_guarantee == AT_LEAST_ONCE:
             self._output = OutputProducer(settings.bootstrap_servers, f"{app.conf.id}-outputs")
@@ -663,6 +747,28 @@ class RetentionJob:
         )
         if mine:
             await self._send([self._tick_command(p, now) for p in mine])
+            await self._keep_deletion_bound(mine)
+
+    async def _keep_deletion_bound(self, mine: list[int]) -> None:
+        """R4/R15: an idle partition's last segment rolls (and so can be compacted) only
+        when something is appended (``streams.kafka.topics.TopicSpec.configs``): a
+        ``ROLL_KEY`` tombstone goes to every owned partition of the compacted content
+        topics each quarter of the bound. The watch reports what is still readable."""
+        started = time.monotonic()
+        if started >= self._next_roll:
+            self._next_roll = started + self._roll_every_s
+            review_partitions = self._out_partitions["safety_review"]
+            outs = [_Out(self.topics.log_store, ROLL_KEY, None, p) for p in mine]
+            outs += [
+                _Out(self.topics.safety_review, ROLL_KEY, None, q)
+                for q in range(review_partitions)
+                if q % self.partitions in mine
+            ]
+            await self._send(outs)
+        if started >= self._next_watch:
+            self._next_watch = started + max(1.0, self._roll_every_s / 4)
+            oldest = await asyncio.to_thread(self._watch.oldest_readable_ms, wall_clock_ms())
+            self.metrics.deletion(self.settings.deletion_bound / 1000, oldest / 1000)
 
     def _tick_command(self, partition: int, now: int) -> _Out:
         return _Out(
@@ -699,9 +805,16 @@ class RetentionJob:
             "policy_version": self.config.policy_version,
         }
         self.stats["deleted"] += 1
+        self._watch.deleted(record.partition, record.offset, record.request_id, wall_clock_ms())
+        # R4/R15: every copy goes: the safety-review copies too (keyed flag/request).
+        reviews = [
+            self._tombstone("safety_review", f"{flag_id}/{record.request_id}")
+            for flag_id in record.reviewed
+        ]
         return [
             # R4: the tombstone goes to the record's own partition, or compaction misses it.
             _Out(self.topics.log_store, key, None, record.partition),
+            *reviews,
             self._emit("deletion_events", record.request_id, event),
         ]
 
@@ -828,12 +941,17 @@ class RetentionJob:
         partition = partition_for(key, self._out_partitions[field_name])
         return _Out(topic, key.encode(), self._out_codec[field_name].encode(record), partition)
 
+    def _tombstone(self, field_name: str, key: str) -> _Out:
+        topic = getattr(self.topics, field_name)
+        return _Out(topic, key.encode(), None, partition_for(key, self._out_partitions[field_name]))
+
     async def _send(self, outputs: Iterable[_Out]) -> None:
         """Produce and wait for every acknowledgement (raises if the broker refused one)."""
         await self._output.send(outputs)
 
     def close(self) -> None:
         self._reader.close()
+        self._watch.close()
         self._output.close()
 
 
@@ -859,6 +977,8 @@ def retention_settings(settings: Settings) -> RetentionSettings:
 def run(settings: Settings) -> None:
     """One retention worker until stopped (``streams run retention``)."""
     job = RetentionJob(retention_settings(settings))
+    if settings.metrics_port != DISABLED:
+        job.metrics.serve(settings.metrics_port)
     worker = faust.Worker(job.app, loglevel="INFO", quiet=True)
     code = 0
     try:

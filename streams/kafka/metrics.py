@@ -89,6 +89,19 @@ class JobMetrics:
         )
         self._up = Gauge("streams_up", "1 while the job runs", ["job"], registry=r)
         self._up.labels(self.job).set(1)
+        self._deletion_bound = Gauge(
+            "streams_deletion_bound_seconds",
+            "R4/R15: how long deleted content may stay readable (STREAMS_DELETION_BOUND_MS)",
+            ["job"],
+            registry=r,
+        )
+        self._deleted_readable = Gauge(
+            "streams_deleted_content_readable_oldest_seconds",
+            "R4/R15: age of the oldest deleted log-store value still readable on the broker "
+            "(0 when none); alert when it nears the bound",
+            ["job"],
+            registry=r,
+        )
 
     # --- helpers -----------------------------------------------------------------------
     def _label(self, kind: str, value: object) -> str:
@@ -99,6 +112,10 @@ class JobMetrics:
                 return "other"
             seen.add(label)
         return label
+
+    def deletion(self, bound_s: float, oldest_readable_s: float) -> None:
+        self._deletion_bound.labels(self.job).set(bound_s)
+        self._deleted_readable.labels(self.job).set(oldest_readable_s)
 
     def record_in(self, topic: str, n: int = 1) -> None:
         self._in.labels(self.job, self._label("topic", topic)).inc(n)

@@ -8,6 +8,7 @@ configuration of existing ones in line, so it is safe to run on every start.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,7 +136,31 @@ JOBS = (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION)
 
 COMPACT = "compact"
 DELETE = "delete"
+COMPACT_DELETE = "compact,delete"
 FOREVER = -1
+
+# R4/R15/R17: how long deleted content may stay readable on the broker, at most
+# (``STREAMS_DELETION_BOUND_MS``). See ``TopicSpec.configs`` for how it is kept.
+DEFAULT_DELETION_BOUND_MS = 3_600_000
+# A nudge (``ROLL_KEY`` tombstone) goes to every partition of a compacted content topic at
+# least this often (a quarter of the bound), so that an idle partition's segments roll.
+ROLL_KEY = b"__deletion-bound-roll__"
+
+
+def deletion_bound_ms() -> int:
+    """The deployment's deletion bound: ``STREAMS_DELETION_BOUND_MS``, else one hour."""
+    value = os.environ.get("STREAMS_DELETION_BOUND_MS")
+    bound = int(value) if value else DEFAULT_DELETION_BOUND_MS
+    if bound < 4_000:
+        raise ValueError("STREAMS_DELETION_BOUND_MS must be at least 4000 ms")
+    return bound
+
+
+def roll_interval_ms(bound_ms: int) -> int:
+    """Segment roll, compaction lag and nudge period of content topics: a quarter of the
+    bound, so a deleted value is gone within about half the bound plus the cleaner's
+    back-off (``TopicSpec.configs``)."""
+    return bound_ms // 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +174,9 @@ class TopicSpec:
     readers: tuple[str, ...]
     doc: str
     key_fields: tuple[str, ...] = ()  # the record fields the key is made of, joined by "/"
+    # Carries prompts, documents or generations that the pipeline promises to delete
+    # (R4/R5/R15/R17): its configs keep the deletion bound.
+    deletable_content: bool = False
 
     def name(self, topics: Topology) -> str:
         return str(getattr(topics, self.field))
@@ -156,11 +184,32 @@ class TopicSpec:
     def schema_path(self) -> Path:
         return SCHEMAS_DIR / self.schema
 
-    def configs(self) -> dict[str, str]:
-        configs = {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms)}
-        if self.cleanup == COMPACT:
+    def configs(self, deletion_bound: int = DEFAULT_DELETION_BOUND_MS) -> dict[str, str]:
+        """The topic's configs; for deletable content, within ``deletion_bound`` ms.
+
+        Kafka never compacts or deletes the active segment of a partition, and rolls it only
+        when a record is appended after ``min(segment.ms, max.compaction.lag.ms)``
+        (apache/kafka#22489 documents both). With both at a quarter of the bound, and a
+        record appended to every partition at least that often (the retention job's
+        ``ROLL_KEY`` nudges, for idle partitions), a tombstoned value's segment rolls within
+        half the bound and the cleaner must compact it a quarter later at most (plus its
+        ``log.cleaner.backoff.ms``). Time-retained content (dead letters, safety-review
+        copies) is kept ``retention.ms`` less the bound, so it is gone by its promised age
+        even though a segment is deleted only once its newest record has expired (plus
+        ``log.retention.check.interval.ms``).
+        """
+        retention = self.retention_ms
+        if self.deletable_content and retention != FOREVER:
+            retention -= deletion_bound
+        configs = {"cleanup.policy": self.cleanup, "retention.ms": str(retention)}
+        if COMPACT in self.cleanup:
             # Tombstones must outlive a consumer's restart so sinks see deletions.
             configs["delete.retention.ms"] = str(DAY_MS)
+        if self.deletable_content:
+            roll = str(roll_interval_ms(deletion_bound))
+            configs["segment.ms"] = roll
+            if COMPACT in self.cleanup:
+                configs["max.compaction.lag.ms"] = roll
         return configs
 
 
@@ -256,6 +305,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (RETENTION, LOG_SINK),
         "R4: retained request logs keyed by request_id; tombstone = deleted.",
         key_fields=("request_id",),
+        deletable_content=True,
     ),
     TopicSpec(
         "deletion_events",
@@ -272,12 +322,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "safety_review",
         "safety_review_record.avsc",
         PARTITIONS,
-        DELETE,
+        # R15/R4: compacted too, so the copy of a deleted record can be tombstoned.
+        COMPACT_DELETE,
         30 * DAY_MS,
         (RETENTION,),
         (SAFETY_TEAM, SAFETY_EVALUATION),
         "R5: full logs of flagged requests, for the safety team only.",
         key_fields=("flag_id", "request_id"),
+        deletable_content=True,
     ),
     TopicSpec(
         "safety_evaluation",
@@ -357,6 +409,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         (PRIVACY_AUDIT,),
         "R17: undecodable/invalid records with reason and source coordinates.",
         key_fields=("source_topic", "source_partition", "source_offset"),
+        deletable_content=True,
     ),
 )
 
@@ -377,12 +430,22 @@ def key_for(field: str, record: Mapping[str, Any]) -> str:
     return "/".join(str(record[name]) for name in fields) if fields else field
 
 
-def ensure_topics(admin: AdminClient, topics: Topology, timeout: float = 30.0) -> list[str]:
-    """Create missing topics and align configs of existing ones. Returns the names created."""
+def ensure_topics(
+    admin: AdminClient,
+    topics: Topology,
+    timeout: float = 30.0,
+    deletion_bound: int | None = None,
+) -> list[str]:
+    """Create missing topics and align configs of existing ones. Returns the names created.
+
+    ``deletion_bound``: ms, ``deletion_bound_ms()`` (the environment) when None."""
+    bound = deletion_bound_ms() if deletion_bound is None else deletion_bound
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = {spec.name(topics): spec for spec in CATALOGUE}
     new = [
-        NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=spec.configs())
+        NewTopic(
+            name, num_partitions=spec.partitions, replication_factor=1, config=spec.configs(bound)
+        )
         for name, spec in wanted.items()
         if name not in existing
     ]
@@ -401,7 +464,7 @@ def ensure_topics(admin: AdminClient, topics: Topology, timeout: float = 30.0) -
             name,
             incremental_configs=[
                 ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
-                for key, value in spec.configs().items()
+                for key, value in spec.configs(bound).items()
             ],
         )
         for name, spec in wanted.items()

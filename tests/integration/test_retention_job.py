@@ -26,7 +26,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.jobs.retention import write_clock
+from streams.jobs.retention import DeletionWatch, write_clock
+from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology, ensure_topics
 from streams.policy.config import PolicyConfig
@@ -760,3 +761,100 @@ def test_R4_R6_two_workers_split_the_partitions_and_hand_them_over(
         first.stop()
         second.stop()
         out.close()
+
+
+# --- physical deletion within the bound (R4, R15, R5) ---------------------------------------
+BOUND_MS = 20_000
+
+
+def _content_left(stack: Stack, ids: set[str]) -> dict[str, list[str]]:
+    """Deleted content a fresh consumer still reads, from offset 0, per content topic."""
+    left: dict[str, list[str]] = {}
+    for field_name in ("log_store", "safety_review", "dead_letters"):
+        for _, value in stack.read(field_name, idle_timeout_s=1.0):
+            if value is None:
+                continue
+            text = repr(value)
+            hits = sorted(rid for rid in ids if f"{CANARY}-{rid}" in text)
+            if hits:
+                left.setdefault(field_name, []).extend(hits)
+    return left
+
+
+def test_deleted_content_is_unreadable_within_the_bound_R4_R15_R5(
+    kafka_bootstrap: str, registries: Registries, tmp_path: Path
+) -> None:
+    """With a 20 s deletion bound: after an R4 expiry and an R15 account deletion (whose
+    record had a safety-review copy, R5), driven through the router and the retention job,
+    a fresh consumer reading every content topic from offset 0 finds none of the deleted
+    content within the bound, though no record reaches those partitions afterwards (idle
+    partitions: the job's roll nudges)."""
+    from streams.jobs.router import build_router_loop
+    from tests.integration.test_router import request
+
+    topology = Topology(f"bound{uuid.uuid4().hex[:8]}.")
+    ensure_topics(
+        AdminClient({"bootstrap.servers": kafka_bootstrap}), topology, deletion_bound=BOUND_MS
+    )
+    contracts = Contracts(registry_client(registries.test_url), topology)
+    contracts.register_all()
+    s = Stack(kafka_bootstrap, registries.test_url, PolicyConfig(), contracts)
+    expiring = sentinel_ids("exp")  # one per log-store partition: every partition deletes
+    deleted = [f"del-{i}" for i in range(4)]
+    requests = [request("org-exp", rid, created=T0) for rid in expiring]
+    requests += [request("org-del", rid, created=T0) for rid in deleted]
+    for r in requests:  # the test's canary in every content field
+        r["prompt"] = f"prompt {CANARY}-{r['request_id']}"
+    s.produce(
+        "controls_watermark",
+        [("watermark", {"watermark_ms": T0 + HOUR_MS, "published_at_ms": T0 + HOUR_MS})],
+    )
+    s.produce("request_logs", [(r["request_id"], r) for r in requests])
+    loop, router = build_router_loop(s.settings(), redaction_processes=0)
+    deadline = time.monotonic() + 90
+    routed = len(requests)
+    loop.run(until=lambda: router.stats["decisions"] >= routed or time.monotonic() > deadline)
+    assert router.stats["log_store"] == len(requests)
+
+    w = Worker(s, registries, tmp_path)
+    w.env["STREAMS_DELETION_BOUND_MS"] = str(BOUND_MS)
+    w.set_clock(T0 + HOUR_MS)
+    out = Outputs(s)
+    try:
+        w.start()
+        ids = expiring + deleted
+        out.wait("retained", lambda: _retained(out, ids), timeout_s=120)
+        w.set_clock(T0 + DAY_MS)
+        s.produce("misuse_flags", [(None, misuse_flag("f-1", "org-del", T0, request_id="del-0"))])
+        out.wait("safety review copy (R5)", lambda: len(out.reviews()) >= 1)
+        w.set_clock(T0 + 2 * DAY_MS)
+        s.produce(
+            "account_deletions",
+            [("org-del", {"deletion_id": "d", "org_id": "org-del", "requested_at_ms": T0})],
+        )
+        w.set_clock(T0 + 31 * DAY_MS)
+        out.wait("every record deleted", lambda: set(ids) <= set(out.deletions()))
+        deleted_at = time.monotonic()
+        assert _content_left(s, set(ids)), "read back before the bound: the content was there"
+        # The job's own answer to "is it gone yet?" (its metric), asked of the same broker.
+        watch = DeletionWatch(s.bootstrap, s.topology.log_store, "deletion-watch-test")
+        now = int(time.time() * 1000)
+        for _, value, partition, offset in read_topic(s.bootstrap, s.topology.log_store):
+            if value is not None:
+                key = contracts.codec("log_store").decode(value)["request_id"]
+                watch.deleted(partition, offset, key, now - 1000)
+        assert watch.oldest_readable_ms(now) >= 1000
+        left = _content_left(s, set(ids))
+        while left and time.monotonic() - deleted_at < BOUND_MS / 1000 + 10:
+            time.sleep(1)
+            left = _content_left(s, set(ids))
+        took = time.monotonic() - deleted_at
+        assert watch.oldest_readable_ms(int(time.time() * 1000)) == 0
+        watch.close()
+        print(f"deleted content unreadable after {took:.1f} s (bound {BOUND_MS / 1000:.0f} s)")
+        assert not left, f"still readable after {took:.0f} s: {left}"
+        assert took <= BOUND_MS / 1000
+        assert CANARY not in w.log_text()
+    finally:
+        out.close()
+        w.stop()
