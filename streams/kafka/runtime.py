@@ -267,7 +267,9 @@ class Context:
         already encoded, a value still being computed, or None (a tombstone)."""
         runtime = self._runtime
         topic, codec = runtime.routes[route]
-        if isinstance(value, Mapping):
+        # bytes first: the router emits pre-encoded bytes, and an isinstance check against
+        # the Mapping ABC costs more than the exact type check (router hot path).
+        if type(value) is not bytes and isinstance(value, Mapping):
             value = codec.encode(value)
         runtime.routed[route] += 1
         self.outputs.append(Output(topic, key, value, partition, timestamp_ms))
