@@ -480,6 +480,30 @@ class OutputError(RuntimeError):
     """The broker did not acknowledge an output: the decision must not be recorded."""
 
 
+# --- decoding (R17) ------------------------------------------------------------------------
+def decode_control(codec: Codec, op: str, value: bytes | None) -> dict[str, Any]:
+    """R17: a misuse flag (op "flag"), legal hold ("legal") or account deletion
+    ("deletion"), decoded and validated; raises DecodeError, InvalidRecord or TypeError."""
+    record: dict[str, Any] = codec.decode(value)
+    if op == "flag":
+        validate_flag(record)
+    elif op == "legal":
+        validate_legal_hold(record)
+    else:
+        request = AccountDeletionRequest(**record)
+        if not request.org_id or not request.deletion_id:
+            raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
+    return record
+
+
+def decode_log_value(
+    codec: Codec, request_id: str | None, value: bytes | None, source: Source
+) -> Tracked:
+    """R17: what the job tracks of a log-store value; raises DecodeError or InvalidRecord."""
+    record = codec.decode(value)
+    return tracked_from_log_record(record, request_id, source.partition, source.offset)
+
+
 # --- the job -----------------------------------------------------------------------------
 class RetentionJob:
     """Wires the policy (``RetentionBook`` per partition) into a faust app."""
@@ -640,15 +664,7 @@ class RetentionJob:
             self.topics.account_deletions: "deletion",
         }[message.topic]
         try:
-            record = self._codec[message.topic].decode(value)
-            if op == "flag":
-                validate_flag(record)
-            elif op == "legal":
-                validate_legal_hold(record)
-            else:
-                request = AccountDeletionRequest(**record)
-                if not request.org_id or not request.deletion_id:
-                    raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
+            record = decode_control(self._codec[message.topic], op, value)
         except (DecodeError, InvalidRecord, TypeError) as exc:
             reason = getattr(exc, "reason", "fields do not match contract")
             org = getattr(exc, "org_id", None)
@@ -733,8 +749,7 @@ class RetentionJob:
                 book.forget(request_id)  # a tombstone (ours, read back): nothing retained
             return [], now
         try:
-            record = self._codec[source.topic].decode(value)
-            tracked = tracked_from_log_record(record, request_id, source.partition, source.offset)
+            tracked = decode_log_value(self._codec[source.topic], request_id, value, source)
         except (DecodeError, InvalidRecord) as exc:
             org = getattr(exc, "org_id", None)
             outputs += self._dead_letter(

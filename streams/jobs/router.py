@@ -21,8 +21,8 @@ Run one worker:  python -m streams.jobs.router --worker-id 0
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import marshal
 import os
 import time
 from collections import Counter
@@ -271,9 +271,9 @@ class CandidateMemory:
             index = self._owned[tp] = CandidateIndex()
             if self._reader is not None:
                 for key, value in self._reader.read(tp[1]).items():
-                    data = json.loads(value)
-                    if data["t"] == tp[0]:
-                        index.add(_entry(key.decode(), data))
+                    topic, *fields = marshal.loads(value)
+                    if topic == tp[0]:
+                        index.add(CandidateEntry(key.decode(), *fields))
             self._read_back.append(index)
         return index
 
@@ -285,17 +285,9 @@ class CandidateMemory:
         return self._changelog(tp, entry)
 
     def _changelog(self, tp: tuple[str, int], entry: CandidateEntry) -> Output:
-        value = json.dumps(
-            {
-                "t": tp[0],
-                "k": entry.kind,
-                "o": entry.org_id,
-                "a": entry.api_key_id,
-                "c": entry.created_at_ms,
-                "r": entry.retracted,
-            },
-            separators=(",", ":"),
-        ).encode()
+        # marshal: the input topic and the entry's fields (str, int, bool), written and read
+        # back by this job only; a tenth of the CPU of JSON on the router's hot path.
+        value = marshal.dumps((tp[0], *entry[1:]))
         return Output(self.topic, entry.candidate_id, value, tp[1])
 
     def retracted(self, tp: tuple[str, int], entry: CandidateEntry) -> Output:
@@ -315,12 +307,6 @@ class CandidateMemory:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
-
-
-def _entry(candidate_id: str, data: dict[str, Any]) -> CandidateEntry:
-    return CandidateEntry(
-        candidate_id, data["k"], data["o"], data["a"], int(data["c"]), bool(data["r"])
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,22 +563,20 @@ class Router:
         value = message.value()
         if value is not None and len(value) > self.config.max_record_bytes:
             return self._dead_letter(
-                source, message.key(), None, "oversize record", "Oversize", None, facts
+                source, message.key(), None, "oversize record", "Oversize", None
             )
         codec = self._codecs[source.topic]
         try:
             record = codec.decode(value)
         except DecodeError as exc:
-            return self._dead_letter(
-                source, message.key(), value, exc.reason, "DecodeError", None, facts
-            )
+            return self._dead_letter(source, message.key(), value, exc.reason, "DecodeError", None)
         try:
             if source.topic == self.topics.request_logs:
                 return self._route_request(source, record, value, facts)
             return self._route_finetune_row(source, record, facts)
         except InvalidRecord as exc:
             return self._dead_letter(
-                source, message.key(), value, exc.reason, "InvalidRecord", record, facts
+                source, message.key(), value, exc.reason, "InvalidRecord", record
             )
         except TypeError:
             return self._dead_letter(
@@ -602,7 +586,6 @@ class Router:
                 "fields do not match contract",
                 "TypeError",
                 record,
-                facts,
             )
 
     def _route_request(
@@ -769,25 +752,22 @@ class Router:
         reason: str,
         error_class: str,
         record: dict[str, Any] | None,
-        facts: tuple[bool, bool] = (True, False),
     ) -> list[Output]:
-        """R17: set the record aside with its coordinates; copy bytes only when R1/R2 allow.
+        """R17: set the record aside with its reason and coordinates, never its bytes.
+
+        R2 fail closed: a record that failed decoding or validation has no trustworthy
+        field, its org id included. A corrupted id can name another org, or one without
+        recorded settings, whose defaults say "no ZDR". So nothing can show positively that
+        its org is not ZDR, and its content is withheld. The input stays in its topic for
+        that topic's retention, where the coordinates find it.
 
         R16: a record whose id is readable is audited under that id (``streams explain``
-        finds it), with its coordinates."""
+        finds it), with its coordinates; the ids are as read, unverified."""
         org_id = record.get("org_id") if record else None
         org_id = org_id if isinstance(org_id, str) and org_id else None
         is_request = source.topic == self.topics.request_logs
         subject_id, subject_kind = _readable_subject(is_request, record)
-        keep = (
-            org_id is not None
-            and facts[0]
-            and record is not None
-            and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
-            and not self.ledger.ever_zero_data_retention(org_id)
-            and self.ledger.deletion_requested_at(org_id) is None
-        )
-        rule_ids = ("R17",) if keep else ("R17", "R2")
+        rule_ids = ("R17", "R2")
         letter, audit = dead_letter_decision(
             job=JOB,
             source=source,
@@ -796,7 +776,7 @@ class Router:
             org_id=org_id,
             original_key=key,
             original_value=value,
-            keep_content=keep,
+            keep_content=False,
             decided_at_ms=self.clock(),
             policy_version=self.config.policy_version,
             rule_ids=rule_ids,
