@@ -25,6 +25,8 @@ import logging
 import os
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,14 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from streams.kafka.faust_app import FaustSettings, build_app, partition_counts, raw_topic
+from streams.kafka.compacted import read_topic
+from streams.kafka.faust_app import (
+    FaustSettings,
+    build_app,
+    partition_counts,
+    partition_for,
+    raw_topic,
+)
 from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
 from streams.policy.config import PolicyConfig, load_config
 
@@ -200,6 +209,53 @@ def _html(title: str, body: str) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>privacy-streams: {title}</title></head><body>{body}</body></html>"
     )
+
+
+# --- asking: the service, else the one partition the key hashes to -------------------------
+def ask_service(url: str, subject_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The explain service's answer (``GET <url>/explain/<id>``)."""
+    quoted = urllib.parse.quote(subject_id, safe="")
+    with urllib.request.urlopen(f"{url.rstrip('/')}/explain/{quoted}", timeout=timeout_s) as r:
+        return dict(json.loads(r.read()))
+
+
+def scan_for(
+    subject_id: str, bootstrap_servers: str, registry_url: str, config: PolicyConfig
+) -> dict[str, Any]:
+    """The same answer without the service: the audit topic is keyed by subject id, so only
+    the partition the key hashes to is read (librdkafka's partitioner, as every job writes)."""
+    audit = config.topics.audit
+    codec = Contracts(registry_client(registry_url), config.topics).reader("audit")
+    partition = partition_for(subject_id, partition_counts(bootstrap_servers, [audit])[audit])
+    stored: bytes | None = None
+    wanted = subject_id.encode()
+    for key, value, _, _ in read_topic(bootstrap_servers, audit, partitions=[partition]):
+        if key != wanted or value is None:
+            continue
+        try:
+            stored = merge(stored, codec.decode(value))
+        except DecodeError:
+            continue
+    return explanation(subject_id, stored)
+
+
+def render_text(answer: Mapping[str, Any]) -> str:
+    """An answer for a person in a terminal (``streams explain``)."""
+    subject_id = answer["subject_id"]
+    if not answer["decisions"]:
+        return f"no audited decision for {subject_id}"
+    lines = [f"request {subject_id}:"]
+    for d in answer["decisions"]:
+        source = f"{d['source_topic']}/{d['source_partition']}/{d['source_offset']}"
+        lines.append(
+            f"{d['job']} decided at {d['decided_at']}"
+            f" (policy {d['policy_version']}, consent {d['consent_version'] or '-'})\n"
+            f"  routes: {', '.join(d['routes']) or '-'}\n"
+            f"  rules:  {', '.join(d['rule_ids'])} (docs/policy.md)\n"
+            + "".join(f"  - {reason}\n" for reason in d["reasons"])
+            + f"  from {source}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -548,6 +548,18 @@ class RetentionJob:
             )
         )
         app = self.app
+        # R5/R6: the tables' changelogs exist before the first worker writes to them. Left
+        # to faust, a worker that starts first writes into a topic still being created
+        # ("Ignoring missing topic ...-facts-changelog"), and a worker that takes a
+        # partition over recovers its holds from a changelog that lost them: a held record
+        # was seen deleted at expiry after a hand-over under load.
+        for table in ("tracked", "facts"):
+            ensure_topic(
+                settings.bootstrap_servers,
+                f"{app.conf.id}-{table}-changelog",
+                self.partitions,
+                {"cleanup.policy": "compact"},
+            )
         self.tracked = app.Table(
             "tracked", key_type=str, value_type=bytes, partitions=self.partitions
         )

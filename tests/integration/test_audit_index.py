@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from streams.infra.broker import free_port
+from streams.jobs.audit_index import ask_service, render_text, scan_for
 from tests.integration.conftest import Stack
 from tests.integration.test_router import request, run_router, watermark
 
@@ -91,6 +92,11 @@ def test_audit_index_explains_by_subject_id_over_http_R16(stack: Stack, tmp_path
         assert status == 200 and "id='r9'" in policy
         for text in (json.dumps(answer), page):
             assert "CANARY" not in text  # R16: audit records carry no content
+        # Without the service, only the partition the key hashes to is read: same answer.
+        config, url = stack.config, stack.registry_url
+        assert scan_for("r-ok", stack.bootstrap, url, config) == answer
+        assert ask_service(base, "r-ok") == answer
+        assert "R9" in render_text(answer) and "T" in render_text(answer)
     finally:
         process.terminate()
         try:
