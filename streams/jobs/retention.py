@@ -446,6 +446,30 @@ class OutputError(RuntimeError):
     """The broker did not acknowledge an output: the decision must not be recorded."""
 
 
+# --- decoding (R17) ------------------------------------------------------------------------
+def decode_control(codec: Codec, op: str, value: bytes | None) -> dict[str, Any]:
+    """R17: a misuse flag (op "flag"), legal hold ("legal") or account deletion
+    ("deletion"), decoded and validated; raises DecodeError, InvalidRecord or TypeError."""
+    record: dict[str, Any] = codec.decode(value)
+    if op == "flag":
+        validate_flag(record)
+    elif op == "legal":
+        validate_legal_hold(record)
+    else:
+        request = AccountDeletionRequest(**record)
+        if not request.org_id or not request.deletion_id:
+            raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
+    return record
+
+
+def decode_log_value(
+    codec: Codec, request_id: str | None, value: bytes | None, source: Source
+) -> Tracked:
+    """R17: what the job tracks of a log-store value; raises DecodeError or InvalidRecord."""
+    record = codec.decode(value)
+    return tracked_from_log_record(record, request_id, source.partition, source.offset)
+
+
 # --- the job -----------------------------------------------------------------------------
 class RetentionJob:
     """Wires the policy (``RetentionBook`` per partition) into a faust app."""
@@ -490,6 +514,18 @@ class RetentionJob:
             )
         )
         app = self.app
+        # R5/R6: the tables' changelogs exist before the first worker writes to them. Left
+        # to faust, a worker that starts first writes into a topic still being created
+        # ("Ignoring missing topic ...-facts-changelog"), and a worker that takes a
+        # partition over recovers its holds from a changelog that lost them: a held record
+        # was seen deleted at expiry after a hand-over under load.
+        for table in ("tracked", "facts"):
+            ensure_topic(
+                settings.bootstrap_servers,
+                f"{app.conf.id}-{table}-changelog",
+                self.partitions,
+                {"cleanup.policy": "compact"},
+            )
         self.tracked = app.Table(
             "tracked", key_type=str, value_type=bytes, partitions=self.partitions
         )
@@ -606,15 +642,7 @@ class RetentionJob:
             self.topics.account_deletions: "deletion",
         }[message.topic]
         try:
-            record = self._codec[message.topic].decode(value)
-            if op == "flag":
-                validate_flag(record)
-            elif op == "legal":
-                validate_legal_hold(record)
-            else:
-                request = AccountDeletionRequest(**record)
-                if not request.org_id or not request.deletion_id:
-                    raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
+            record = decode_control(self._codec[message.topic], op, value)
         except (DecodeError, InvalidRecord, TypeError) as exc:
             reason = getattr(exc, "reason", "fields do not match contract")
             org = getattr(exc, "org_id", None)
@@ -699,8 +727,7 @@ class RetentionJob:
                 book.forget(request_id)  # a tombstone (ours, read back): nothing retained
             return [], now
         try:
-            record = self._codec[source.topic].decode(value)
-            tracked = tracked_from_log_record(record, request_id, source.partition, source.offset)
+            tracked = decode_log_value(self._codec[source.topic], request_id, value, source)
         except (DecodeError, InvalidRecord) as exc:
             org = getattr(exc, "org_id", None)
             outputs += self._dead_letter(

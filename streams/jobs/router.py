@@ -20,8 +20,8 @@ Run one worker:  streams run router --worker-id 0
 
 from __future__ import annotations
 
-import json
 import logging
+import marshal
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -257,24 +257,15 @@ def _readable_subject(is_request: bool, record: Mapping[str, Any]) -> tuple[str 
 
 
 def _entry_value(topic: str, entry: CandidateEntry) -> bytes:
-    """A candidate's store entry: ids and times, never content."""
-    return json.dumps(
-        {
-            "t": topic,
-            "k": entry.kind,
-            "o": entry.org_id,
-            "a": entry.api_key_id,
-            "c": entry.created_at_ms,
-            "r": entry.retracted,
-        },
-        separators=(",", ":"),
-    ).encode()
+    """A candidate's store entry: ids and times, never content. marshal: the input topic and
+    the entry's fields (str, int, bool), written and read back by this job only; a tenth of
+    the CPU of JSON on the router's hot path."""
+    return marshal.dumps((topic, *entry[1:]))
 
 
-def _entry(candidate_id: str, data: dict[str, Any]) -> CandidateEntry:
-    return CandidateEntry(
-        candidate_id, data["k"], data["o"], data["a"], int(data["c"]), bool(data["r"])
-    )
+def _entry(candidate_id: str, value: bytes) -> CandidateEntry:
+    _topic, *fields = marshal.loads(value)
+    return CandidateEntry(candidate_id, *fields)
 
 
 class DecisionMemory:
@@ -389,8 +380,11 @@ class Router:
             subject_of=lambda topic, record: _readable_subject(
                 topic == self.topics.request_logs, record
             ),
+            # R17/R2 fail closed: a record that failed decoding or validation has no
+            # trustworthy field, its org id included (a corrupted id can name another org,
+            # or one without settings whose defaults say "no ZDR"), so its bytes are never
+            # copied; it stays in its topic for that topic's retention, at its coordinates.
             withheld_rules=("R2",),
-            keep_invalid_content=self._may_keep,
             gate=self._gate,
         )
 
@@ -480,7 +474,7 @@ class Router:
         def build(restored: KeyValueStore) -> CandidateIndex:
             index = CandidateIndex()
             for key, value in restored.items():
-                index.add(_entry(key.decode(), json.loads(value)))
+                index.add(_entry(key.decode(), value))
             self._late_orgs.update(entry.org_id for entry in index)
             return index
 
@@ -579,18 +573,6 @@ class Router:
         if ctx.source.topic == self.topics.request_logs:
             return self._route_request(ctx, record)
         return self._route_finetune_row(ctx, record)
-
-    def _may_keep(self, org_id: str | None, record: Mapping[str, Any]) -> bool:
-        """R17/R1/R2: an invalid record's bytes are copied into its dead letter only for an
-        identified SaaS org that never had ZDR and is not being deleted, known from facts
-        read up to the record."""
-        return (
-            org_id is not None
-            and self._facts[0]
-            and record.get("deployment", Deployment.SAAS) == Deployment.SAAS
-            and not self.ledger.ever_zero_data_retention(org_id)
-            and self.ledger.deletion_requested_at(org_id) is None
-        )
 
     def _route_request(self, ctx: Context, record: dict[str, Any]) -> Defer | None:
         request = validate_request(record)

@@ -226,9 +226,13 @@ _SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABL
 
 
 def read_topic(
-    bootstrap_servers: str, topic: str, idle_timeout_s: float = 2.0
+    bootstrap_servers: str,
+    topic: str,
+    idle_timeout_s: float = 2.0,
+    partitions: Sequence[int] | None = None,
 ) -> Iterator[tuple[bytes | None, bytes | None, int, int]]:
-    """Every committed record of ``topic`` from the beginning: (key, value, partition, offset)."""
+    """Every committed record of ``topic`` (of ``partitions`` only, when given) from the
+    beginning: (key, value, partition, offset)."""
     consumer = Consumer(
         {
             **client_config(bootstrap_servers),
@@ -239,11 +243,15 @@ def read_topic(
     )
     try:
         metadata = consumer.list_topics(topic, timeout=15).topics[topic]
-        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        wanted = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for p in metadata.partitions
+            if partitions is None or p in partitions
+        ]
         ends = {}
-        for tp in partitions:
+        for tp in wanted:
             ends[tp.partition] = end_offset(consumer, tp)
-        consumer.assign(partitions)
+        consumer.assign(wanted)
         remaining = {p for p, end in ends.items() if end > 0}
         deadline = time.monotonic() + idle_timeout_s
         while remaining and time.monotonic() < deadline:

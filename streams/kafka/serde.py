@@ -249,6 +249,15 @@ class Contracts:
             self._codecs[field] = codec
             return codec
 
+    def reader(self, field: str) -> Codec:
+        """A codec that registers nothing, for read-only commands and services: the contract
+        must already be registered (``streams topics`` does it)."""
+        spec = spec_for(field)
+        subject = f"{spec.name(self.topics)}-value"
+        schema_text = load_schema_text(spec.schema)
+        registered = self.registry.lookup_schema(subject, Schema(schema_text, "AVRO"))
+        return Codec(None, subject, schema_text, registered.schema_id)
+
     def extending(self, base_field: str, extended_field: str) -> ExtendingCodec:
         return ExtendingCodec(self.codec(base_field), self.codec(extended_field))
 

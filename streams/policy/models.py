@@ -17,6 +17,15 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
 
+# R17: the most tokens one request may count. No request comes near it, and hourly totals
+# of such counts stay far inside an Avro long (fuzzing found a usage event whose counts
+# overflowed the usage metric's encoding, a crash loop: it is now a dead letter).
+MAX_TOKENS = 2**31 - 1
+# R17: the latest creation time accepted (9999-12-31T23:59:59.999Z); times past it leave no
+# room for the window and expiry arithmetic an Avro long must hold (fuzzing again).
+MAX_TIME_MS = 253_402_300_799_999
+
+
 class InvalidRecord(ValueError):
     """R17: a decodable record that breaks the contract's rules. The reason carries no content."""
 

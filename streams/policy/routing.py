@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 from streams.policy.config import PolicyConfig
 from streams.policy.models import (
+    MAX_TIME_MS,
+    MAX_TOKENS,
     DataControls,
     Decision,
     Deployment,
@@ -98,8 +100,12 @@ def validate_request(record: Mapping[str, Any]) -> RequestLog:
         raise InvalidRecord("unknown key_type", org)
     if request.created_at_ms <= 0:
         raise InvalidRecord("created_at_ms not positive", org)
+    if request.created_at_ms > MAX_TIME_MS:
+        raise InvalidRecord("created_at_ms out of range", org)
     if request.input_tokens < 0 or request.output_tokens < 0:
         raise InvalidRecord("negative token count", org)
+    if request.input_tokens > MAX_TOKENS or request.output_tokens > MAX_TOKENS:
+        raise InvalidRecord("token count out of range", org)
     return request
 
 
@@ -115,6 +121,8 @@ def validate_finetune_row(record: Mapping[str, Any]) -> FineTuneRow:
         raise InvalidRecord("unknown deployment", org)
     if row.uploaded_at_ms <= 0:
         raise InvalidRecord("uploaded_at_ms not positive", org)
+    if row.uploaded_at_ms > MAX_TIME_MS:
+        raise InvalidRecord("uploaded_at_ms out of range", org)
     return row
 
 

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from streams.policy.config import PolicyConfig
-from streams.policy.models import DAY_MS, HOUR_MS, InvalidRecord
+from streams.policy.models import DAY_MS, HOUR_MS, MAX_TIME_MS, MAX_TOKENS, InvalidRecord
 
 # The fields of a UsageMetric: anything else would be a leak (checked by the unit tests).
 METRIC_FIELDS = (
@@ -89,8 +89,12 @@ def validate_usage_event(record: Mapping[str, Any]) -> UsageEvent:
         raise InvalidRecord("empty model", org)
     if event.created_at_ms <= 0:
         raise InvalidRecord("created_at_ms not positive", org)
+    if event.created_at_ms > MAX_TIME_MS:
+        raise InvalidRecord("created_at_ms out of range", org)
     if event.input_tokens < 0 or event.output_tokens < 0:
         raise InvalidRecord("negative token count", org)
+    if event.input_tokens > MAX_TOKENS or event.output_tokens > MAX_TOKENS:
+        raise InvalidRecord("token count out of range", org)
     return event
 
 

@@ -346,6 +346,9 @@ def test_bad_input_goes_to_dead_letters_and_the_job_keeps_running_R17_R16(stack:
         assert letter["source_offset"] >= 0
     zdr_letter = next(letter for letter in letters if letter["org_id"] == "zdr")
     assert zdr_letter["content_withheld"] and zdr_letter["original_value"] is None  # R2
+    # R2 fail closed: a record that failed validation has no trustworthy org id, so no dead
+    # letter of the router carries the original bytes, whatever org it names.
+    assert all(letter["original_value"] is None for letter in letters)
     # The good record after the bad ones was still routed.
     assert "r-good" in by_key(stack.read("log_store"))
     # R16: a record that failed validation but whose request id is readable is audited under

@@ -935,8 +935,10 @@ INVALID_REQUESTS: list[tuple[str, dict[str, Any], bool, str]] = [
     ("unknown key_type", {"key_type": "GOLD-zq93"}, True, "key_type"),
     ("negative input tokens", {"input_tokens": -31337}, True, "token"),
     ("negative output tokens", {"output_tokens": -4242}, True, "token"),
+    ("input tokens beyond any request", {"input_tokens": 2**40 + 7}, True, "token"),
     ("zero created_at", {"created_at_ms": 0}, True, "created_at_ms"),
     ("negative created_at", {"created_at_ms": -98765}, True, "created_at_ms"),
+    ("created_at past year 9999", {"created_at_ms": 2**62 + 3}, True, "created_at_ms"),
 ]
 
 

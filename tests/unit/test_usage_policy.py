@@ -90,6 +90,10 @@ def test_R3_valid_usage_event_of_any_deployment_is_accepted() -> None:
         ({"created_at_ms": 0}, "created_at_ms not positive", "org-a"),
         ({"input_tokens": -1}, "negative token count", "org-a"),
         ({"output_tokens": -1}, "negative token count", "org-a"),
+        # found by fuzzing: hourly totals of such counts overflowed the metric's Avro long
+        ({"input_tokens": 2**62}, "token count out of range", "org-a"),
+        ({"output_tokens": 2**31}, "token count out of range", "org-a"),
+        ({"created_at_ms": 2**63 - 1}, "created_at_ms out of range", "org-a"),
     ],
 )
 def test_R17_invalid_usage_event_is_rejected_with_a_reason_and_no_content(
