@@ -210,9 +210,7 @@ def score_cases(records: list[dict[str, Any]], redactor: Redactor) -> CaseScores
     return cs
 
 
-def render_human(
-    results: dict[str, Scores], cases: dict[str, CaseScores], seconds: float
-) -> str:
+def render_human(results: dict[str, Scores], cases: dict[str, CaseScores], seconds: float) -> str:
     names = list(results)
     lines = ["### Human-style set: per type", ""]
     lines += ["| type | placeholder | " + " | ".join(
@@ -253,8 +251,9 @@ def render_human(
     return "\n".join(lines)
 
 
-def evaluate_human(redactor: Redactor | None = None) -> tuple[dict[str, Scores],
-                                                              dict[str, CaseScores]]:
+def evaluate_human(
+    redactor: Redactor | None = None,
+) -> tuple[dict[str, Scores], dict[str, CaseScores]]:
     redactor = redactor or Redactor()
     sets = load_human()
     return ({n: score(r, redactor) for n, r in sets.items()},

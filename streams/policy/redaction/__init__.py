@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._address import DETECTORS as _ADDRESS_DETECTORS
+from ._anycase import DETECTORS as _ANYCASE_DETECTORS
 from ._detectors import DETECTORS
 from ._engine import Engine, build_engine
 from ._names import NO_CAPITALS, find_names, gate
@@ -130,7 +131,7 @@ class Redactor:
     """
 
     def __init__(self, engine: str = "auto") -> None:
-        self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS
+        self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS + _ANYCASE_DETECTORS
         triggers: list[Trigger] = []
         owners: list[int] = []
         local: list[int] = []  # a trigger's index among its detector's triggers
