@@ -79,6 +79,7 @@ STOP: frozenset[str] = frozenset(
 )
 
 _VOWEL = re.compile(r"[aeiouyà-ÿ]")
+_INFLECTED = re.compile(r"(?:ed|ing|ly)$", re.I)
 
 
 def kind(word: str) -> str:
@@ -116,7 +117,7 @@ _GREETINGS = (
     r"sincerely|congrats|congratulations|goodnight|good morning|"
     r"happy birthday|hbd|miss you|miss u"
 )
-_INTROS = r"i'm|i’m|my name is|call me"
+_INTROS = r"i'm|i’m|my name is|call me|signed,"
 _ACTIONS = (
     r"seen by|seen with|spoke with|spoke to|spoke w/?|spk w/?|talked to|talked with|"
     r"paged|notified|informed|discussed with|d/w|cc:|attn|c/o|"
@@ -153,13 +154,14 @@ _CUE_SCAN = re2.compile(
     )
     + r")"
 )
+_CUE_SCAN_PY = re.compile(_CUE_SCAN.pattern)
 _STRENGTH = {name: strength for name, _, strength in _CUE_GROUPS}
 _SPEECH_AFTER = re.compile(r"[ \t,]+(?:" + _SPEECH + r")(?![^\W\d_])")
 # Searched from the verb (a leading character class is a fast scan); the word before is
 # then read backwards in a small window.
 _SPEECH_RX = re.compile(r"[ \t,]+(?:" + _SPEECH + r")(?![^\W\d_])")
 _POSSESSIVE_RX = re.compile(r"['’]s[ \t]+(?:" + _POSSESSED + r")(?![^\W\d_])")
-_WORD_BEFORE = re.compile(r"[^\W\d_]+$")
+_WORD_BEFORE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?$")
 _SIGNATURE_RX = re.compile(
     r"(?m)^[ \t>*-]*((?:[^\W\d_]+\.?[ \t]+){0,2}[^\W\d_]+\.?)(?:[ \t]*,[ \t]*|[ \t]+)"
     r"(?:" + _CREDENTIALS + r")\.?[ \t]*$"
@@ -181,10 +183,13 @@ def _ok_case(word: str) -> bool:
 
 def _bounded(text: str, start: int, end: int, sep: str) -> bool:
     """Punctuation closes the word off: "son, bill," / "DAUGHTER-KRISSY" / "thx frank" at the
-    end / a speech verb after."""
+    end / "SISTER ROSE (508) ..." / a speech verb after."""
     if any(c in sep for c in ",-–—:(;\n"):
         return True
-    if end >= len(text) or text[end] in ",.!?:;)\n":
+    after = end
+    while after < len(text) and text[after] in " \t":
+        after += 1
+    if after >= len(text) or text[after] in ",.!?:;()@\n" or text[after].isdigit():
         return True
     return bool(_SPEECH_AFTER.match(text, end))
 
@@ -226,14 +231,20 @@ def _take(text: str, low: str, s: int, e: int, spans: list[Span], words: set[str
             words.add(w)
 
 
+def _cue_matches(low: str) -> list[tuple[int, int]]:
+    try:
+        return [m.span() for m in _CUE_SCAN.finditer(low)]
+    except UnicodeEncodeError:  # lone surrogates: RE2 takes UTF-8 only
+        return [m.span() for m in _CUE_SCAN_PY.finditer(low)]
+
+
 def _after_cues(text: str, low: str, spans: list[Span], words: set[str]) -> None:
-    for m in _CUE_SCAN.finditer(low):
-        cs, ce = m.span()
+    for cs, ce in _cue_matches(low):
         if (cs and low[cs - 1].isalpha()) or (ce < len(low) and low[ce].isalpha()):
             continue  # inside a word: "drive" is no "dr"
         if not text[cs:ce].isascii():
             continue  # the engine's caseless trigger is ASCII ("K" lower-cases to "k")
-        cue = m.group()
+        cue = low[cs:ce]
         group = next(g for g, rx in _CUE_RX.items() if rx.fullmatch(cue))
         _after_cue(text, low, group, ce, spans, words)
 
@@ -269,7 +280,12 @@ def _after_cue(
     if strength == "title":
         ok = k in "DFSAU"
     elif strength == "strong":
-        ok = k in "DFS" or (k in "AU" and _bounded(low, s, e, gap))
+        # A name that is also a word but no common one ("frank", "rose", "jess") after a
+        # relation or a greeting; a common one ("bill") or an unknown word only when
+        # punctuation closes it off ("son, bill, called"; "mom texted," is no name).
+        wordlike = k == "A" and t.group() not in COMMON_WORDS and group != "intro"
+        unknown = k == "U" and group in ("greeting", "intro") and not _INFLECTED.search(word)
+        ok = k in "DFS" or wordlike or ((k == "A" or unknown) and _bounded(low, s, e, gap))
     else:  # action
         ok = k in "DFS" or (k == "A" and _bounded(low, s, e, gap))
     if ok:
@@ -343,6 +359,10 @@ def _handle_has_name(handle: str) -> bool:
         for n in range(min(len(p), 10), 3, -1):  # a first name at either end: "kaylaxoxo"
             for w in (p[:n], p[-n:]):
                 if w in DISTINCT_FIRST or (w in FIRST_NAMES and kind(w) == "F"):
+                    return True
+        for n in range(min(len(p) - 2, 10), 3, -1):  # or inside: "realjohnsmith"
+            for i in range(1, len(p) - n):
+                if p[i : i + n] in DISTINCT_FIRST:
                     return True
     return False
 
