@@ -58,6 +58,7 @@ from typing import Any
 
 from ._address import DETECTORS as _ADDRESS_DETECTORS
 from ._anycase import DETECTORS as _ANYCASE_DETECTORS
+from ._anycase import kind as name_kind
 from ._detectors import DETECTORS
 from ._engine import Engine, build_engine
 from ._names import NO_CAPITALS, find_names, gate
@@ -206,6 +207,8 @@ class Redactor:
             return []
         if any(label == _PERSON_IF_CONTACT for _, _, label in spans):
             spans = _confirm_name_lines(spans)
+        if any(label == PERSON for _, _, label in spans):
+            spans.extend(_mentions(text, spans))
         protected = [m.span() for m in _PLACEHOLDER.finditer(text)] if "[" in text else []
         return _resolve(text, spans, protected)
 
@@ -286,6 +289,39 @@ def _without_capitals(text: str) -> bool:
     than matched (re2-alt reports all), which is safe for every other trigger but would skip
     the gate here. The trigger only spares prose (which has capitals) this check."""
     return text.isascii() and text.lower() == text
+
+
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+
+
+def _mentions(text: str, spans: list[Span]) -> list[Span]:
+    """Every other mention of a detected name's words is a name too, whatever the context
+    ("DAUGHTER-Krissy ... Krissy called back"): the output never keeps the text of a name
+    it redacted elsewhere. Words that are names only (lexicon, distinct first names, unknown
+    words found from context) in any letter case; a name that is also a word ("Bill",
+    "Rose") only as written."""
+    any_case: set[str] = set()
+    as_written: set[str] = set()
+    for s, e, label in spans:
+        if label != PERSON:
+            continue
+        for m in _NAME_WORD.finditer(text, s, e):
+            word = m.group()
+            if len(word) < 2:
+                continue
+            k = name_kind(word.lower())
+            if k in "DFSU":
+                any_case.add(word.lower())
+            elif k == "A":
+                as_written.add(word)
+    out: list[Span] = []
+    for words, flags in ((any_case, re.IGNORECASE), (as_written, 0)):
+        if not words:
+            continue
+        alternation = "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+        rx = re.compile(r"(?<!\w)(?:" + alternation + r")(?!\w)", flags)
+        out.extend((m.start(), m.end(), PERSON) for m in rx.finditer(text))
+    return out
 
 
 def _confirm_name_lines(spans: list[Span]) -> list[Span]:
