@@ -782,3 +782,12 @@ def test_r11_any_case_triggers_are_exact_on_samples() -> None:
         expected = UNFILTERED.detect(text)
         for redactor in ENGINE_REDACTORS:
             assert redactor.detect(text) == expected, (text, redactor.engine)
+
+
+def test_r11_vital_sign_limits_are_no_street_address() -> None:
+    """R11 precision (issue #17): "sbp 120 or less per dr." in lower-case notes is a limit
+    ordered by a doctor, not "120 ... Drive"; a lower-case street still is an address."""
+    assert [
+        v for v, label in labels("keep sbp 120 or less per dr.") if label == STREET_ADDRESS
+    ] == []
+    one("meet at 1200 ocean view dr tonight", STREET_ADDRESS, "1200 ocean view dr")
