@@ -791,3 +791,22 @@ def test_r11_vital_sign_limits_are_no_street_address() -> None:
         v for v, label in labels("keep sbp 120 or less per dr.") if label == STREET_ADDRESS
     ] == []
     one("meet at 1200 ocean view dr tonight", STREET_ADDRESS, "1200 ocean view dr")
+
+
+def test_r11_eval_meets_targets_on_human_style_set() -> None:
+    """R11 accuracy (issue #17, benchmarks/redaction_eval.py --set human): on the DEV
+    human-style set, PERSON recall >= 0.80 at precision >= 0.60 in every letter case with at
+    least 20 names, phone recall >= 0.95; and no loss on the synthetic set (span precision
+    >= 0.92, recall >= 0.91)."""
+    ev = _load("redaction_eval")
+    human, cases = ev.evaluate_human(R)
+    dev = cases["DEV"]
+    measured = [case for case in ev.CASES if dev.gold[case] >= 20]
+    assert {"Title", "UPPER", "lower"} <= set(measured), measured
+    for case in measured:
+        assert dev.found[case] / dev.gold[case] >= ev.HUMAN_TARGETS["person_recall"], case
+        assert dev.tp[case] / dev.predicted[case] >= ev.HUMAN_TARGETS["person_precision"], case
+    assert human["DEV"].recall("PHONE_NUMBER") >= ev.HUMAN_TARGETS["phone_recall"]
+    if ev.DATASET.exists():
+        full = ev.evaluate(redactor=R)["FULL"]
+        assert full.overall_precision >= 0.92 and full.overall_recall >= 0.91
