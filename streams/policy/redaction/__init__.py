@@ -315,13 +315,27 @@ def _mentions(text: str, spans: list[Span]) -> list[Span]:
             elif k == "A":
                 as_written.add(word)
     out: list[Span] = []
-    for words, flags in ((any_case, re.IGNORECASE), (as_written, 0)):
-        if not words:
-            continue
-        alternation = "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
-        rx = re.compile(r"(?<!\w)(?:" + alternation + r")(?!\w)", flags)
-        out.extend((m.start(), m.end(), PERSON) for m in rx.finditer(text))
+    low = text.lower()
+    if len(low) != len(text):  # offsets would move: fall back to a regex
+        for word in any_case:
+            rx = re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
+            out.extend((m.start(), m.end(), PERSON) for m in rx.finditer(text))
+        any_case = set()
+    for words, haystack in ((any_case, low), (as_written, text)):
+        for word in words:  # str.find: no pattern to compile for each new name
+            i = haystack.find(word)
+            while i >= 0:
+                e = i + len(word)
+                if not (i and _word_char(text[i - 1])) and not (
+                    e < len(text) and _word_char(text[e])
+                ):
+                    out.append((i, e, PERSON))
+                i = haystack.find(word, i + 1)
     return out
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
 
 
 def _confirm_name_lines(spans: list[Span]) -> list[Span]:
