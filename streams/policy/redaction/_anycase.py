@@ -360,6 +360,8 @@ def _handle_has_name(handle: str) -> bool:
             for w in (p[:n], p[-n:]):
                 if w in DISTINCT_FIRST or (w in FIRST_NAMES and kind(w) == "F"):
                     return True
+                if n >= 5 and w in FIRST_NAMES and w not in COMMON_WORDS and kind(w) == "A":
+                    return True  # "@jennawalsh_": a name that is a rare word ("jenna")
         for n in range(min(len(p) - 2, 10), 3, -1):  # or inside: "realjohnsmith"
             for i in range(1, len(p) - n):
                 if p[i : i + n] in DISTINCT_FIRST:
