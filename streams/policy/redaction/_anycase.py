@@ -181,7 +181,7 @@ def _ok_case(word: str) -> bool:
     return word.islower() or (word.isupper() and len(word) > 1)
 
 
-def _bounded(text: str, start: int, end: int, sep: str) -> bool:
+def _bounded(text: str, end: int, sep: str) -> bool:
     """Punctuation closes the word off: "son, bill," / "DAUGHTER-KRISSY" / "thx frank" at the
     end / "SISTER ROSE (508) ..." / a speech verb after."""
     if any(c in sep for c in ",-–—:(;\n"):
@@ -194,7 +194,7 @@ def _bounded(text: str, start: int, end: int, sep: str) -> bool:
     return bool(_SPEECH_AFTER.match(text, end))
 
 
-def _extend(text: str, low: str, end: int, spans: list[Span], words: set[str]) -> int:
+def _extend(text: str, low: str, end: int, words: set[str]) -> int:
     """Lexicon names (and initials before one) that follow a name belong to it."""
     for _ in range(3):
         m = _NEXT.match(low, end)
@@ -220,7 +220,7 @@ def _extend(text: str, low: str, end: int, spans: list[Span], words: set[str]) -
 
 def _take(text: str, low: str, s: int, e: int, spans: list[Span], words: set[str],
           k: str) -> None:  # fmt: skip
-    e = _extend(text, low, e, spans, words)
+    e = _extend(text, low, e, words)
     if text.startswith(("'s", "’s"), e - 2) and e - s > 2:
         e -= 2
     spans.append((s, e, PERSON))
@@ -285,9 +285,9 @@ def _after_cue(
         # punctuation closes it off ("son, bill, called"; "mom texted," is no name).
         wordlike = k == "A" and t.group() not in COMMON_WORDS and group != "intro"
         unknown = k == "U" and group in ("greeting", "intro") and not _INFLECTED.search(word)
-        ok = k in "DFS" or wordlike or ((k == "A" or unknown) and _bounded(low, s, e, gap))
+        ok = k in "DFS" or wordlike or ((k == "A" or unknown) and _bounded(low, e, gap))
     else:  # action
-        ok = k in "DFS" or (k == "A" and _bounded(low, s, e, gap))
+        ok = k in "DFS" or (k == "A" and _bounded(low, e, gap))
     if ok:
         _take(text, low, s, e, spans, words, k)
 
