@@ -448,12 +448,12 @@ TRIGGERS: tuple[Trigger, ...] = (
         + _TITLES
         + r")\.[A-Z])"
     ),
-    Trigger(_LOWER_OR_CAPS_END + r"[ \t,]+(?i:" + _SPEECH + r")(?:[^A-Za-z]|$)"),
-    Trigger(_LOWER_OR_CAPS_END + r"['’]s[ \t]+(?i:" + _POSSESSED + r")(?:[^A-Za-z]|$)"),
-    Trigger(
-        _LETTERISH + r"\.?(?:[ \t]*,[ \t]*|[ \t]+)(?:" + _CREDENTIALS + r")\.?[ \t]*(?:\n|$)",
-        caseless=True,
-    ),
+    # Anchored on the verb, the possessive or the credential, not on the word before it (a
+    # pattern that may start at every letter multiplies the DFA states RE2::Set builds on
+    # new text); the finders check that word.
+    Trigger(r"[ \t,](?i:" + _SPEECH + r")(?:[^A-Za-z]|$)"),
+    Trigger(r"['’]s[ \t]+(?i:" + _POSSESSED + r")(?:[^A-Za-z]|$)"),
+    Trigger(r"[ \t,](?i:" + _CREDENTIALS + r")\.?[ \t]*(?:\n|$)"),
     Trigger(r"(?:^|[^A-Za-z0-9._%+-])@[A-Za-z0-9_]"),
 )
 
