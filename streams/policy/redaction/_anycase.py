@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import re
 
-import re2
-
 from ._anycase_data import DISTINCT_FIRST as _DISTINCT
 from ._anycase_data import WORDLIKE as _WORDLIKE
 from ._lexicon import COMMON_WORDS, FIRST_NAMES, HONORIFICS, NOT_NAME, PLACES, SURNAMES
@@ -147,14 +145,20 @@ _CUE_RX = {name: re.compile(r"(?:" + rx + r")") for name, rx, _ in _CUE_GROUPS}
 # Where cues may stand, found with RE2 (Python ``re`` tries a ~100-branch alternation at
 # every offset, ~5x slower; RE2 with ``\b`` ~1.6x slower than with a leading character):
 # a cue's start and end are checked again in Python (not after or before a letter).
-_CUE_SCAN = re2.compile(
+_CUE_PATTERN = (
     r"(?:^|[^a-z])(?:"
     + "|".join(
         sorted({c for _, rx, _ in _CUE_GROUPS for c in rx.split("|")}, key=len, reverse=True)
     )
     + r")"
 )
-_CUE_SCAN_PY = re.compile(_CUE_SCAN.pattern)
+_CUE_SCAN_PY = re.compile(_CUE_PATTERN)
+try:  # google-re2 is a dependency; the engine falls back to ``re`` without it, so may we
+    import re2
+
+    _CUE_SCAN = re2.compile(_CUE_PATTERN)
+except ImportError:  # pragma: no cover
+    _CUE_SCAN = _CUE_SCAN_PY
 _STRENGTH = {name: strength for name, _, strength in _CUE_GROUPS}
 _SPEECH_AFTER = re.compile(r"[ \t,]+(?:" + _SPEECH + r")(?![^\W\d_])")
 # Searched from the verb (a leading character class is a fast scan); the word before is
