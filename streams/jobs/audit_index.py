@@ -42,29 +42,19 @@ from streams.kafka.faust_app import (
     partition_for,
     raw_topic,
 )
-from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
-from streams.kafka.topics import Topology
+from streams.kafka.serde import Codec, Contracts, DecodeError, load_schema_text, registry_client
+from streams.kafka.topics import Topology, spec_for
 from streams.settings import Settings, SettingsError
 
 log = logging.getLogger("streams.audit_index")
 
 JOB = "audit-index"
 DEFAULT_PORT = 6066
-# The fields of an audit record the index keeps (all but the subject, which is the key).
-_KEPT = (
-    "decision_id",
-    "subject_kind",
-    "org_id",
-    "job",
-    "routes",
-    "rule_ids",
-    "reasons",
-    "consent_version",
-    "policy_version",
-    "decided_at_ms",
-    "source_topic",
-    "source_partition",
-    "source_offset",
+# The fields of an audit record the index keeps: all but the subject, which is the key.
+_KEPT = tuple(
+    f["name"]
+    for f in json.loads(load_schema_text(spec_for("audit").schema))["fields"]
+    if f["name"] != "subject_id"
 )
 
 

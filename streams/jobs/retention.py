@@ -303,17 +303,8 @@ class DeletionWatch:
     as a metric to alert on before it reaches the bound.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, group: str) -> None:
-        self.topic = topic
-        self._consumer = Consumer(
-            {
-                **client_config(bootstrap_servers),
-                "group.id": group,  # never committed; librdkafka requires one
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-            }
-        )
+    def __init__(self, reader: ContentReader) -> None:
+        self._reader = reader
         self._pending: dict[int, deque[tuple[int, int, str]]] = {}
 
     def deleted(self, partition: int, offset: int, request_id: str, at_ms: int) -> None:
@@ -331,30 +322,11 @@ class DeletionWatch:
         return oldest
 
     def _readable(self, partition: int, offset: int, request_id: str) -> bool:
-        self._consumer.assign([TopicPartition(self.topic, partition, offset)])
-        try:
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                message = self._consumer.poll(0.5)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    # the end of the partition before the offset: nothing there any more
-                    return bool(error.code() != KafkaError._PARTITION_EOF)
-                key = message.key()
-                return (
-                    message.offset() == offset
-                    and message.value() is not None
-                    and key is not None
-                    and key.decode(errors="replace") == request_id
-                )
-            return True  # no answer: not known to be gone (fail closed: report it)
-        finally:
-            self._consumer.unassign()
+        # A deleted value compacted away is skipped: the offset is served no more.
+        return request_id in self._reader.read(partition, {offset: request_id}, timeout_s=5.0)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 # --- outputs -----------------------------------------------------------------------------
@@ -538,7 +510,7 @@ class RetentionJob:
         )
         self.metrics = JobMetrics(JOB)
         self._watch = DeletionWatch(
-            settings.bootstrap_servers, log_store, f"{app.conf.id}-deletion-watch"
+            ContentReader(settings.bootstrap_servers, log_store, f"{app.conf.id}-deletion-watch")
         )
         self._roll_every_s = roll_interval_ms(settings.deletion_bound) / 1000
         self._next_roll = 0.0

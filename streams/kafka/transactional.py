@@ -232,7 +232,7 @@ class TransactionalLoop:
             self.consumer.pause([TopicPartition(*tp)])
             self._paused.add(tp)
 
-    # --- extension points (``streams.kafka.stateful`` keeps a state store in step) -----
+    # --- extension points (``streams.kafka.runtime`` keeps its state stores in step) ---
     def arrange(self, outputs: list[Output]) -> list[Output] | None:
         """The batch's outputs in the order to write them; None drops the batch (the loop
         re-reads it from the committed offsets)."""

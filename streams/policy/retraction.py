@@ -31,20 +31,29 @@ class CandidateEntry(NamedTuple):
 
 
 class CandidateIndex:
-    """The candidates produced within the horizon, by org (a fact names an org first)."""
+    """The candidates produced within the horizon, by org (a fact names an org first).
+
+    Entries are kept as plain tuples of strings, ints and bools, which Python's cyclic
+    collector stops tracking (a NamedTuple stays tracked): the index holds a horizon's
+    worth of candidates, and every full collection would walk them all."""
 
     def __init__(self) -> None:
-        self._by_org: dict[str, dict[str, CandidateEntry]] = {}
+        self._by_org: dict[str, dict[str, tuple[str, str, str, str, int, bool]]] = {}
 
     def add(self, entry: CandidateEntry) -> None:
-        self._by_org.setdefault(entry.org_id, {})[entry.candidate_id] = entry
+        entries = self._by_org.get(entry.org_id)
+        if entries is None:
+            entries = self._by_org[entry.org_id] = {}
+        entries[entry.candidate_id] = tuple(entry)  # type: ignore[assignment]
 
     def of_org(self, org_id: str) -> Iterator[CandidateEntry]:
-        yield from list(self._by_org.get(org_id, {}).values())
+        for values in list(self._by_org.get(org_id, {}).values()):
+            yield CandidateEntry._make(values)
 
     def __iter__(self) -> Iterator[CandidateEntry]:
         for entries in list(self._by_org.values()):
-            yield from list(entries.values())
+            for values in list(entries.values()):
+                yield CandidateEntry._make(values)
 
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._by_org.values())

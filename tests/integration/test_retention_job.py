@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.jobs.retention import DeletionWatch, write_clock
+from streams.jobs.retention import ContentReader, DeletionWatch, write_clock
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology, ensure_topics
@@ -837,7 +837,9 @@ def test_deleted_content_is_unreadable_within_the_bound_R4_R15_R5(
         deleted_at = time.monotonic()
         assert _content_left(s, set(ids)), "read back before the bound: the content was there"
         # The job's own answer to "is it gone yet?" (its metric), asked of the same broker.
-        watch = DeletionWatch(s.bootstrap, s.topology.log_store, "deletion-watch-test")
+        watch = DeletionWatch(
+            ContentReader(s.bootstrap, s.topology.log_store, "deletion-watch-test")
+        )
         now = int(time.time() * 1000)
         for _, value, partition, offset in read_topic(s.bootstrap, s.topology.log_store):
             if value is not None:

@@ -618,3 +618,195 @@ def test_r11_property_name_context_look_is_exact(before: str) -> None:
 
     expected = (bool(n._STRONG_BEFORE.search(before)), bool(n._HONORIFIC_BEFORE.search(before)))
     assert n._context_before(before) == expected
+
+
+# ---------------------------------------------------------------- names in any letter case
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        # titles, also glued and in ALL CAPS
+        ("per dr. kenny ok to advance diet", "kenny"),
+        ("Seen by Dr.Sawtelle this am", "Sawtelle"),
+        ("SPOKE WITH DR MAHONEY RE: PLAN.", "MAHONEY"),
+        ("dear mrs. kowalski, thank you", "kowalski"),
+        # relations, with the punctuation people put around them
+        ("the pt's son, bill, called at 1400", "bill"),
+        ("DAUGHTER-KRISSY---301 944-5032 wants a call", "KRISSY"),
+        ("pt states her husband frank will pick her up", "frank"),
+        ("NOK: SISTER ROSE (508) 555-0177", "ROSE"),
+        ("case mgmt (theresa) working on placement", "theresa"),
+        # greetings and sign-offs
+        ("hey jess are we still on for lunch", "jess"),
+        ("thx frank", "frank"),
+        ("Cheers,\nrob", "rob"),
+        ("signed, t. nguyen", "t. nguyen"),
+        # clinical hand-over cues
+        ("d/w dr goldberg, will start abx", "goldberg"),
+        ("called pharmacy, spoke w/ karen, will send up", "karen"),
+        ("paged dr. patel x2", "patel"),
+        # speech verbs and possessives after the name
+        ("lol tom said the same thing", "tom"),
+        ("BILL SAID HE WOULD BRING THE PROJECTOR", "BILL"),
+        ("noah's mom texted, pickup moved to 4", "noah"),
+        # signature lines
+        ("VSS. NO ACUTE DISTRESS.\nMURIELE WILLIAM RN", "MURIELE WILLIAM"),
+        ("c. evans, lpn", "c. evans"),
+        # distinct first names need no cue, in lower case or ALL CAPS
+        ("PER DOUGLASS WILL HOLD HEPARIN", "DOUGLASS"),
+        ("olga is presenting tomorrow", "olga"),
+        ("tyler and mia are getting married", "mia"),
+        ("please forward this to kevin walsh in accounts", "kevin walsh"),
+        # @handles that are names or mention headers
+        ("RT @anthonyuJR: cant believe the game", "@anthonyuJR"),
+        ("omg @kaylaxoxo you have to see this", "@kaylaxoxo"),
+        ("@realjohnsmith this is fake news", "@realjohnsmith"),
+    ],
+)  # fmt: skip
+def test_r11_names_in_any_letter_case(text: str, name: str) -> None:
+    """R11 (issue #17): names written in lower case, ALL CAPS, with initials, glued to a
+    title, in signature lines or as @handles are redacted, each from its context."""
+    out = R.redact(text).text
+    assert name not in out, (out, labels(text))
+    assert placeholder(PERSON) in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "will you bill me for the extra hours or should i pay now?",
+        "may i ask what the deadline is? i will mark it in the calendar.",
+        "frank discussion with the team about the rose garden project.",
+        "Foley catheter removed at 0600. Voided 300 ml.",
+        "Swan-Ganz catheter in place, wedge 14. Aline to be removed tomorrow.",
+        "Oh and the Toyota is in the shop again.",
+        "ENDO AND CARDS FOLLOWING. SWAN D/C'D, ALINE INTACT.",
+        "per protocol, q4h neuro checks. per family, pt lives alone.",
+        "PT AND WIFE AGREEABLE TO PLAN. MAY NEED INTUBATION IF WORSENS.",
+        "@dataclass\nclass Config:\n    name: str\n",
+        "@here standup in 5",
+        "the migration script is called by cron every night",
+        "my son said the app keeps crashing",
+        "my daughter wants to learn python, any tips?",
+        "spoke with pharmacy, med is on backorder",
+        "max_len = max(len(a), len(b))",
+    ],
+)
+def test_r11_any_case_names_leave_words_alone(text: str) -> None:
+    """R11 precision (issue #17): clinical words that are surnames, names that are common
+    words without a cue, decorators, team mentions and code stay as they are."""
+    found = [v for v, label in labels(text) if label == PERSON]
+    assert found == [], found
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("DAUGHTER-KRISSY---301 944-5032", "301 944-5032"),
+        ("wife joan (201/324/1423) prefers calls", "201/324/1423"),
+        ("DAUGHTER-LORI-978-555-0102", "978-555-0102"),
+        ("Pager #54321 for any questions", "54321"),
+        ("awaiting call back. pgr 4417", "4417"),
+        ("beeper 3-4417", "3-4417"),
+        ("Extension 4521 for the charge nurse.", "4521"),
+        ("cb 555-0143", "555-0143"),
+        ("call Ms. Alvarez back at 555-0182?", "555-0182"),
+        ("son jake ph:5085550123", "5085550123"),
+        ("husband's cell 617.555.0192", "617.555.0192"),
+    ],
+)
+def test_r11_phones_as_people_write_them(text: str, number: str) -> None:
+    """R11 (issue #17): phone numbers with slashes, dots, glued to words and dashes, local
+    numbers, and short pager/extension numbers after their word."""
+    out = R.redact(text).text
+    assert number not in out, (out, labels(text))
+    assert placeholder(PHONE) in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Looking to support Zonability in Tokoza Ext 1426 in its mission.",
+        "BP 132/84 HR 88 RR 18, i&o 1200/850",
+        "The meeting is on 12/03/2024 at 10.30 in room 5.",
+        "Version 3.2.1 fixes 120 of 130 cases; build 2024-0113.",
+    ],
+)
+def test_r11_phone_forms_leave_other_numbers_alone(text: str) -> None:
+    """R11 precision: the new phone forms do not take vitals, dates, versions or a
+    township extension ("Ext 1426" after a place name) for phone numbers."""
+    assert [v for v, label in labels(text) if label == PHONE] == []
+
+
+_ANY_CASE_NAMES = ["krissy", "douglass", "olga", "jessica", "brandon", "hannah", "marcus"]
+_ANY_CASE_CUES = ["hi {}", "per dr. {}", "son, {}, called", "{} said", "thanks {}!",
+                  "DAUGHTER-{}", "wife {} at bedside", "{} is here"]  # fmt: skip
+
+
+@PROPS
+@given(
+    st.sampled_from(_ANY_CASE_NAMES),
+    st.sampled_from(_ANY_CASE_CUES),
+    st.sampled_from([str.lower, str.upper, str.title]),
+    prose,
+    prose,
+)
+def test_r11_property_detected_name_never_survives(
+    name: str, cue: str, case: object, before: str, after: str
+) -> None:
+    """R11 property (issue #17): whatever the letter case and the prose around it, a name
+    the redactor detects leaves no trace of its text in the output: every occurrence of a
+    detected name's text (a second mention included) is replaced."""
+    written = case(name)  # type: ignore[operator]
+    text = f"{before} {cue.format(written)} {after}. {written} called back"
+    spans = R.detect(text)
+    out = R.redact(text).text
+    detected = {text[s:e] for s, e, label in spans if label == PERSON}
+    assert detected, (text, spans)
+    for value in detected:
+        assert value not in out, (value, out)
+    assert written not in out, out
+
+
+def test_r11_any_case_triggers_are_exact_on_samples() -> None:
+    """R11: the engines agree with running every detector on the issue's examples (the new
+    triggers are supersets of what their finders take)."""
+    samples = [
+        "PER DOUGLASS WILL HOLD", "per dr. kenny", "the pt's son, bill, called",
+        "MURIELE WILLIAM RN", "Seen by Dr.Sawtelle", "RT @anthonyuJR: x", "J SMITH",
+        "DAUGHTER-KRISSY---301 944-5032", "(201/324/1423)", "Pager #54321", "ſigned, x",
+        "hi \u212aevin", "spoke w/ karen", "noah's mom", "bill SAID", "c. evans, lpn",
+    ]  # fmt: skip
+    for text in samples:
+        expected = UNFILTERED.detect(text)
+        for redactor in ENGINE_REDACTORS:
+            assert redactor.detect(text) == expected, (text, redactor.engine)
+
+
+def test_r11_vital_sign_limits_are_no_street_address() -> None:
+    """R11 precision (issue #17): "sbp 120 or less per dr." in lower-case notes is a limit
+    ordered by a doctor, not "120 ... Drive"; a lower-case street still is an address."""
+    assert [
+        v for v, label in labels("keep sbp 120 or less per dr.") if label == STREET_ADDRESS
+    ] == []
+    one("meet at 1200 ocean view dr tonight", STREET_ADDRESS, "1200 ocean view dr")
+
+
+def test_r11_eval_meets_targets_on_human_style_set() -> None:
+    """R11 accuracy (issue #17, benchmarks/redaction_eval.py --set human): on the DEV
+    human-style set, PERSON recall >= 0.80 at precision >= 0.60 in every letter case with at
+    least 20 names, phone recall >= 0.95; and no loss on the synthetic set (span precision
+    >= 0.92, recall >= 0.91)."""
+    ev = _load("redaction_eval")
+    human, cases = ev.evaluate_human(R)
+    dev = cases["DEV"]
+    measured = [case for case in ev.CASES if dev.gold[case] >= 20]
+    assert {"Title", "UPPER", "lower"} <= set(measured), measured
+    for case in measured:
+        assert dev.found[case] / dev.gold[case] >= ev.HUMAN_TARGETS["person_recall"], case
+        assert dev.tp[case] / dev.predicted[case] >= ev.HUMAN_TARGETS["person_precision"], case
+    assert human["DEV"].recall("PHONE_NUMBER") >= ev.HUMAN_TARGETS["phone_recall"]
+    if ev.DATASET.exists():
+        full = ev.evaluate(redactor=R)["FULL"]
+        assert full.overall_precision >= 0.92 and full.overall_recall >= 0.91

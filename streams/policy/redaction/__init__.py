@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._address import DETECTORS as _ADDRESS_DETECTORS
+from ._anycase import DETECTORS as _ANYCASE_DETECTORS
+from ._anycase import kind as name_kind
 from ._detectors import DETECTORS
 from ._engine import Engine, build_engine
 from ._names import NO_CAPITALS, find_names, gate
@@ -130,7 +132,7 @@ class Redactor:
     """
 
     def __init__(self, engine: str = "auto") -> None:
-        self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS
+        self._detectors: tuple[Detector, ...] = DETECTORS + _ADDRESS_DETECTORS + _ANYCASE_DETECTORS
         triggers: list[Trigger] = []
         owners: list[int] = []
         local: list[int] = []  # a trigger's index among its detector's triggers
@@ -205,6 +207,8 @@ class Redactor:
             return []
         if any(label == _PERSON_IF_CONTACT for _, _, label in spans):
             spans = _confirm_name_lines(spans)
+        if any(label == PERSON for _, _, label in spans):
+            spans.extend(_mentions(text, spans))
         protected = [m.span() for m in _PLACEHOLDER.finditer(text)] if "[" in text else []
         return _resolve(text, spans, protected)
 
@@ -285,6 +289,53 @@ def _without_capitals(text: str) -> bool:
     than matched (re2-alt reports all), which is safe for every other trigger but would skip
     the gate here. The trigger only spares prose (which has capitals) this check."""
     return text.isascii() and text.lower() == text
+
+
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+
+
+def _mentions(text: str, spans: list[Span]) -> list[Span]:
+    """Every other mention of a detected name's words is a name too, whatever the context
+    ("DAUGHTER-Krissy ... Krissy called back"): the output never keeps the text of a name
+    it redacted elsewhere. Words that are names only (lexicon, distinct first names, unknown
+    words found from context) in any letter case; a name that is also a word ("Bill",
+    "Rose") only as written."""
+    any_case: set[str] = set()
+    as_written: set[str] = set()
+    for s, e, label in spans:
+        if label != PERSON:
+            continue
+        for m in _NAME_WORD.finditer(text, s, e):
+            word = m.group()
+            if len(word) < 2:
+                continue
+            k = name_kind(word.lower())
+            if k in "DFSU":
+                any_case.add(word.lower())
+            elif k == "A":
+                as_written.add(word)
+    out: list[Span] = []
+    low = text.lower()
+    if len(low) != len(text):  # offsets would move: fall back to a regex
+        for word in any_case:
+            rx = re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
+            out.extend((m.start(), m.end(), PERSON) for m in rx.finditer(text))
+        any_case = set()
+    for words, haystack in ((any_case, low), (as_written, text)):
+        for word in words:  # str.find: no pattern to compile for each new name
+            i = haystack.find(word)
+            while i >= 0:
+                e = i + len(word)
+                if not (i and _word_char(text[i - 1])) and not (
+                    e < len(text) and _word_char(text[e])
+                ):
+                    out.append((i, e, PERSON))
+                i = haystack.find(word, i + 1)
+    return out
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
 
 
 def _confirm_name_lines(spans: list[Span]) -> list[Span]:

@@ -238,6 +238,10 @@ _ONE_REGEX: dict[str, tuple[str, int]] = {
 }
 
 
+# Words that are in no street name but often between a number and "dr"/"st"/"ct" in notes.
+_NOT_STREET_WORDS = frozenset("or less more than per to for with x mg ml cc mcg units unit".split())
+
+
 def _cores(part: str, text: str, lowered: str, pats: _Patterns) -> list[tuple[int, int]]:
     strict = pats is _LOWER
     cores: list[tuple[int, int]] = []
@@ -247,6 +251,10 @@ def _cores(part: str, text: str, lowered: str, pats: _Patterns) -> list[tuple[in
         for rx in regexes if index < 0 else regexes[index : index + 1]:
             found = scan(rx, text, lambda m: _core_span(text, m))
             cores.extend((a, b) for a, b, _ in found)
+        if strict and family == "suffix":
+            # Lower-case notes: "sbp 120 or less per dr." is no street ("dr" = doctor).
+            cores = [(a, b) for a, b in cores if _NOT_STREET_WORDS.isdisjoint(
+                lowered[a:b].split())]  # fmt: skip
     elif part == "attached":
         for m in pats.attached_anchor.finditer(text):
             back = pats.attached_back.search(text, max(0, m.start() - 64), m.start())

@@ -420,12 +420,26 @@ def find_nino(text: str, low: str | None) -> list[Span]:
 WEAK_PHONE = PHONE + "?"  # found by context only: loses against a street address
 _EXT = r"(?:[ ]?(?:x|ext\.?|extension)[ ]?[0-9]{1,6})?"
 _PHONE_INTL = re.compile(r"(?:\+[ ]?|00(?=[1-9]))[0-9][0-9 ().-]{5,22}[0-9]" + _EXT)
+# Separators as people type them: "301 944-5032", "301.944.5032", "(201/324/1423)".
 _PHONE_NANP = re.compile(
-    r"(?:1[ .-]?)?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}" + _EXT
+    r"(?:1[ .-]?)?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[ ./-])[0-9]{3}[ ./-][0-9]{4}" + _EXT
 )
+# A local number without area code, "555-0143", "call back at 944-5032": dash only (a dot or
+# space between 3 and 4 digits is too often a version, an amount or a count).
+_PHONE_LOCAL = re.compile(r"[2-9][0-9]{2}-[0-9]{4}" + _EXT)
 _PHONE_CUES = (
     r"phone|tel|telephone|mobile|cell|cellphone|fax|call|calls|calling|text|sms|whatsapp|"
-    r"dial|contact|messages?|answering|reach|desk|office|landline|hotline|number"
+    r"dial|contact|messages?|answering|reach|desk|office|landline|hotline|number|"
+    r"ph|pgr|pager|beeper|cb|callback|mob"
+)
+# Short pager and extension numbers after their word: "Pager #54321", "pgr 4417",
+# "beeper 3-4417", "Extension 4521", "ext. 204".
+_SHORT_CUES = r"pager|beeper|pgr|bleep|ext|extension|extn"
+_PHONE_WORD = re.compile(r"\b(?:" + _PHONE_CUES + r")\b")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_PHONE_SHORT = re.compile(
+    r"\b(?:" + _SHORT_CUES + r")\b\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*#?[ \t]*"
+    r"([0-9](?:-?[0-9]){2,5})(?![0-9]|[.,][0-9])"
 )
 _NUMBER = re.compile(r"[0-9][0-9 ().-]{4,22}[0-9]" + _EXT)
 _CUE_BEFORE = re.compile(
@@ -473,16 +487,65 @@ def find_phone_intl(text: str, low: str | None) -> list[Span]:
                 break
 
 
+def _glued_ok(text: str, s: int) -> bool:
+    """A formatted number may be glued to a word or a dash ("KRISSY---301 944-5032",
+    "LORI-978-555-0102"), not to another number ("12-301-944-5032", "+44...", "3.301")."""
+    if s == 0:
+        return True
+    before = text[s - 1]
+    if before.isdigit() or before in "+._/":
+        return False
+    if before == "-":
+        k = s - 1
+        while k > 0 and text[k - 1] == "-":
+            k -= 1
+        return k == 0 or not text[k - 1].isdigit()
+    return True
+
+
 def find_phone_nanp(text: str, low: str | None) -> list[Span]:
     def check(m: re.Match[str]) -> Span | None:
         s, e = m.span()
-        if s > 0 and (_word_before(text, s) or text[s - 1] in "+.-"):
+        if not _glued_ok(text, s):
             return None
-        if _word_at(text, e) or (e + 1 < len(text) and text[e] in ".-" and text[e + 1].isdigit()):
+        if _word_at(text, e) or (e + 1 < len(text) and text[e] in "./-" and text[e + 1].isdigit()):
             return None
         return (s, e, PHONE) if _phone_ok(m.group(), 10) else None
 
     return scan(_PHONE_NANP, text, check)
+
+
+def find_phone_local(text: str, low: str | None) -> list[Span]:
+    def check(m: re.Match[str]) -> Span | None:
+        s, e = m.span()
+        if not _glued_ok(text, s) or (s and text[s - 1] in "-("):
+            return None
+        if _word_at(text, e) or (e + 1 < len(text) and text[e] in "./-" and text[e + 1].isdigit()):
+            return None
+        return (s, e, PHONE)
+
+    return scan(_PHONE_LOCAL, text, check)
+
+
+def find_phone_short(text: str, low: str | None) -> list[Span]:
+    # ASCII letters lowered only: same offsets, and no "K" (Kelvin) read as "k".
+    lowered = text.translate(_ASCII_LOWER)
+    out: list[Span] = []
+    for m in _PHONE_SHORT.finditer(lowered):
+        if lowered.startswith("ext", m.start()) and not _extension_context(lowered, m.start()):
+            continue  # "Tokoza Ext 1426" is a township, not an extension
+        out.append((m.start(1), m.end(1), PHONE))
+    return out
+
+
+def _extension_context(lowered: str, s: int) -> bool:
+    """An "ext" number is a phone extension at the start of a sentence or line, or after a
+    phone word or a number nearby ("call 555-0100 ext 12", "x204 or ext 205")."""
+    before = lowered[max(0, s - 40) : s]
+    stripped = before.rstrip(" \t")
+    if not stripped or stripped[-1] in ".!?:;\n(,":
+        return True
+    return any(c.isdigit() for c in before) or bool(_PHONE_WORD.search(before))
 
 
 def find_phone_context(text: str, low: str | None) -> list[Span]:
@@ -583,7 +646,18 @@ DETECTORS: tuple[Detector, ...] = (
         (_T(r"\+ ?[0-9][0-9 ().-]{5,22}[0-9]"), _T(r"00[1-9][0-9 ().-]{4,22}[0-9]")),
         find_phone_intl,
     ),
-    Detector("phone_nanp", (_T(r"[0-9]{3}\)? ?[ .-]?[0-9]{3}[ .-][0-9]{4}"),), find_phone_nanp),
+    Detector("phone_nanp", (_T(r"[0-9]{3}\)? ?[ ./-]?[0-9]{3}[ ./-][0-9]{4}"),), find_phone_nanp),
+    Detector("phone_local", (_T(r"[2-9][0-9]{2}-[0-9]{4}"),), find_phone_local),
+    Detector(
+        "phone_short",
+        (
+            _T(
+                r"(?:" + _SHORT_CUES + r")[^A-Za-z0-9\n]*(?:(?:no|number)[^A-Za-z0-9\n]*)?[0-9]",
+                caseless=True,
+            ),
+        ),  # fmt: skip
+        find_phone_short,
+    ),
     Detector(
         "phone_context",
         (

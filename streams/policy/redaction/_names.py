@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from ._anycase import CLINICAL
 from ._lexicon import COMMON_WORDS, FIRST_NAMES, HONORIFICS, NOT_NAME, PLACES, SURNAMES
 from ._types import PERSON, Span, Trigger
 
@@ -99,10 +100,13 @@ TRIGGERS: tuple[Trigger, ...] = (
 NO_CAPITALS = Trigger(r"^[^A-Z]+$")
 
 _NAMES = FIRST_NAMES | SURNAMES
+# Surnames that are clinical words, interjections or brands ("Foley catheter", "Swan-Ganz",
+# "Oh", "Toyota"): a name only with more evidence ("Dr. Foley"), like "Will" or "May".
+_LOOKS_LIKE_WORD: frozenset[str] = CLINICAL
 _TITLE_KEYS: frozenset[str] = frozenset(
     n[:1].upper() + n[1:]
     for n in _NAMES
-    if n not in COMMON_WORDS and n not in NOT_NAME and n not in PLACES
+    if n not in COMMON_WORDS and n not in NOT_NAME and n not in PLACES and n not in CLINICAL
 )
 
 
@@ -142,7 +146,7 @@ def _kind_of(token: str) -> str:
         return "P"
     parts = low.replace("’", "'").split("-")
     if any(p in _NAMES for p in parts):
-        if any(p in COMMON_WORDS or p in PLACES for p in parts):
+        if any(p in COMMON_WORDS or p in PLACES or p in _LOOKS_LIKE_WORD for p in parts):
             return "A"
         return "F" if any(p in FIRST_NAMES for p in parts) else "S"
     if low in COMMON_WORDS or low in PLACES or _plural_of_word(low):
