@@ -439,6 +439,22 @@ class Router:
         """Every turn: read what the fact topics brought, advance the watermark and the read
         barrier, take back the candidates late facts cover, report bad control records (R17;
         written with the next batch, even if this one aborts)."""
+        self._read_facts()
+        self._retract_late(ctx)
+        bad, self._bad_state = self._bad_state, []
+        for source, key, reason, error_class in bad:
+            ctx.dead_letter(reason, error_class, about=(source, key))
+
+    def facts_before(self, messages: list[Message]) -> None:
+        """With every batch read, before any of it is decided: mark it in the read barrier,
+        then read the facts that are already here, so a batch whose facts were all read
+        (the usual case) is decided in the same turn instead of being deferred to the
+        next one."""
+        if self.barrier is not None:
+            self.barrier.mark(messages)
+            self._read_facts()
+
+    def _read_facts(self) -> None:
         reader = self._state_reader
         if reader is not None:
             reader.poll()
@@ -446,10 +462,6 @@ class Router:
             self.ledger.advance_watermark(self._watermarks.pop(0)[0])
         if self.barrier is not None:
             self.barrier.advance()
-        self._retract_late(ctx)
-        bad, self._bad_state = self._bad_state, []
-        for source, key, reason, error_class in bad:
-            ctx.dead_letter(reason, error_class, about=(source, key))
 
     def _gate(self, ctx: Context) -> Defer | None:
         """R15/R5/R12: no decision ahead of the facts published before the record was read;
@@ -724,7 +736,6 @@ def build_router_loop(
     except BaseException:
         router.close()
         raise
-    assert router.barrier is not None
-    loop.on_read.append(router.barrier.mark)
+    loop.on_read.append(router.facts_before)
     loop.on_close.append(router.close)
     return loop, router

@@ -68,3 +68,14 @@ def test_topics_run_as_a_job_and_the_deletion_bound_is_configured() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["topics"]
     config = by_kind("ConfigMap")["privacy-streams"]["data"]
     assert int(config["STREAMS_DELETION_BOUND_MS"]) > 0
+
+
+def test_compose_replicas_of_a_job_get_distinct_worker_ids() -> None:
+    """``docker compose up --scale router=3``: each replica's worker id (and transactional
+    id) is its container's hostname, not one id shared by all (they would fence each
+    other's transactions)."""
+    compose = yaml.safe_load((K8S.parents[1] / "docker-compose.yml").read_text())
+    for job in JOBS:
+        service = compose["services"][job]
+        assert "STREAMS_WORKER_ID" not in service.get("environment", {})
+        assert service["entrypoint"][-1] == f'exec streams run {job} --worker-id "$$HOSTNAME"'
