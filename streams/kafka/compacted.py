@@ -93,17 +93,24 @@ class CompactedReader:
             if topic is None or tp.topic == topic
         }
 
-    def committed_ends(self, timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
-        """Every partition's end as of now, committed records only, in one request per
-        broker (20x faster here than asking partition by partition); retried while the
-        broker does not answer, then raised (the worker exits and is restarted)."""
+    def published_ends(self, timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+        """Every partition's end as of now, in one request per broker (20x faster here
+        than asking partition by partition); retried while the broker does not answer,
+        then raised (the worker exits and is restarted).
+
+        The high watermark, not the last stable offset: a transaction the control plane has
+        committed may not be visible to ``read_committed`` readers yet (its markers are
+        written after the commit returns), so the LSO can stop short of a fact published
+        just before a request. Up to the high watermark, the reader gets past a
+        transaction only once it is resolved; an open one holds records back until then
+        (fail closed; past ``facts_stall_ms`` they are decided without training)."""
         latest = OffsetSpec.latest()
         wanted = {TopicPartition(tp.topic, tp.partition): latest for tp in self._partitions}
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 futures = self._admin.list_offsets(
-                    wanted, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+                    wanted, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
                 )
                 return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
             except KafkaException:
@@ -178,7 +185,7 @@ class ReadBarrier:
         read_at = time.monotonic()
         seq = self._next
         self._next += 1
-        self._marks.append((seq, self._reader.committed_ends(), read_at))
+        self._marks.append((seq, self._reader.published_ends(), read_at))
         for tp, offset in last.items():
             self._batches.setdefault(tp, deque()).append((offset, seq, read_at))
 

@@ -157,7 +157,7 @@ class _Reader:
         self.end = 0
         self.read_to = 0
 
-    def committed_ends(self) -> dict[tuple[str, int], int]:
+    def published_ends(self) -> dict[tuple[str, int], int]:
         return {("facts", 0): self.end}
 
     def reached(self, ends: dict[tuple[str, int], int]) -> bool:
