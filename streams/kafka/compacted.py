@@ -93,10 +93,10 @@ class CompactedReader:
             if topic is None or tp.topic == topic
         }
 
-    def published_ends(self, timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
-        """Every partition's end as of now, in one request per broker (20x faster here
-        than asking partition by partition); retried while the broker does not answer,
-        then raised (the worker exits and is restarted).
+    def ask_published_ends(self) -> PendingEnds:
+        """Every partition's end as of now, asked without waiting for the answer: one
+        ListOffsets request per broker (20x faster here than asking partition by partition,
+        and off the caller's thread: under load an answer took up to tens of ms).
 
         The high watermark, not the last stable offset: a transaction the control plane has
         committed may not be visible to ``read_committed`` readers yet (its markers are
@@ -104,19 +104,16 @@ class CompactedReader:
         just before a request. Up to the high watermark, the reader gets past a
         transaction only once it is resolved; an open one holds records back until then
         (fail closed; past ``facts_stall_ms`` they are decided without training)."""
+        return PendingEnds(self._ask_ends)
+
+    def _ask_ends(self) -> dict[TopicPartition, Any]:
         latest = OffsetSpec.latest()
         wanted = {TopicPartition(tp.topic, tp.partition): latest for tp in self._partitions}
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                futures = self._admin.list_offsets(
-                    wanted, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
-                )
-                return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return dict(
+            self._admin.list_offsets(
+                wanted, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
+            )
+        )
 
     def reached(self, ends: dict[tuple[str, int], int]) -> bool:
         """Whether everything before ``ends`` has been applied."""
@@ -153,6 +150,36 @@ class CompactedReader:
 _WAITS_KEPT = 10_000  # waits of recent marks remembered for the audit (R16)
 
 
+class PendingEnds:
+    """End offsets asked of the broker, answered later (``ends`` is None until then). A
+    failed answer is asked again; one not had within ``timeout_s`` raises (the worker
+    exits and is restarted)."""
+
+    def __init__(
+        self, ask: Callable[[], dict[TopicPartition, Any]], timeout_s: float = 30.0
+    ) -> None:
+        self._ask = ask
+        self._timeout_s = timeout_s
+        self._since = time.monotonic()
+        self._futures = ask()
+        self._ends: dict[tuple[str, int], int] | None = None
+
+    def ends(self) -> dict[tuple[str, int], int] | None:
+        if self._ends is None:
+            if not all(future.done() for future in self._futures.values()):
+                return None
+            try:
+                self._ends = {
+                    (tp.topic, tp.partition): int(future.result().offset)
+                    for tp, future in self._futures.items()
+                }
+            except KafkaException:
+                if time.monotonic() - self._since > self._timeout_s:
+                    raise
+                self._futures = self._ask()
+        return self._ends
+
+
 class ReadBarrier:
     """Which consumed input records may be acted on: those whose state is complete.
 
@@ -160,13 +187,14 @@ class ReadBarrier:
     deletion acknowledged a millisecond before the request that follows it). After each
     consume the loop hands the batch to ``mark``, which asks the broker for the state
     topics' end offsets *then*: everything published before the batch was read lies below
-    them. A record is ready once the reader has applied everything below its batch's mark.
-    The end offsets are asked once per batch, never per record.
+    them. A record is ready once the answer is in and the reader has applied everything
+    below it. The end offsets are asked once per batch, never per record, and the answer
+    is not waited for: the batch waits (deferred, in order) while the loop goes on.
     """
 
     def __init__(self, reader: CompactedReader) -> None:
         self._reader = reader
-        self._marks: deque[tuple[int, dict[tuple[str, int], int], float]] = deque()
+        self._marks: deque[tuple[int, PendingEnds, float]] = deque()
         self._next = 0
         self._passed = -1  # the last mark whose end offsets the reader has reached
         self._waited: dict[int, float] = {}  # mark -> seconds from reading to passing it
@@ -185,13 +213,16 @@ class ReadBarrier:
         read_at = time.monotonic()
         seq = self._next
         self._next += 1
-        self._marks.append((seq, self._reader.published_ends(), read_at))
+        self._marks.append((seq, self._reader.ask_published_ends(), read_at))
         for tp, offset in last.items():
             self._batches.setdefault(tp, deque()).append((offset, seq, read_at))
 
     def advance(self) -> None:
         """Move past every mark the reader has reached (call after it polled)."""
-        while self._marks and self._reader.reached(self._marks[0][1]):
+        while self._marks:
+            ends = self._marks[0][1].ends()
+            if ends is None or not self._reader.reached(ends):
+                return
             seq, _, read_at = self._marks.popleft()
             self._passed = seq
             self._waited[seq] = time.monotonic() - read_at

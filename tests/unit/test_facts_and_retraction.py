@@ -6,6 +6,8 @@ Pure logic and the read barrier with stand-ins for the reader; the real broker's
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -157,8 +159,9 @@ class _Reader:
         self.end = 0
         self.read_to = 0
 
-    def published_ends(self) -> dict[tuple[str, int], int]:
-        return {("facts", 0): self.end}
+    def ask_published_ends(self) -> Any:
+        ends = {("facts", 0): self.end}
+        return type("Answered", (), {"ends": lambda _: ends})()
 
     def reached(self, ends: dict[tuple[str, int], int]) -> bool:
         return self.read_to >= ends[("facts", 0)]
@@ -202,3 +205,27 @@ def test_r15_barrier_after_a_rewind_an_earlier_mark_still_counts() -> None:
     reader.end = 2
     barrier.mark([_message(0), _message(1)])  # re-read after an aborted transaction
     assert barrier.status("requests", 0, 0)[0]  # read before the first mark: still ready
+
+
+def test_r15_barrier_answer_not_in_yet_holds_records_and_a_failed_one_is_asked_again() -> None:
+    """The end offsets are asked without waiting: until the answer is in, the batch waits
+    (fail closed); a failed answer is asked again, not taken as "nothing published"."""
+    from concurrent.futures import Future
+
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    from streams.kafka.compacted import PendingEnds
+
+    tp = TopicPartition("facts", 0)
+    asked: list[Future[Any]] = []
+
+    def ask() -> dict[TopicPartition, Any]:
+        asked.append(Future())
+        return {tp: asked[-1]}
+
+    pending = PendingEnds(ask)
+    assert pending.ends() is None  # not answered yet
+    asked[0].set_exception(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert pending.ends() is None and len(asked) == 2  # asked again
+    asked[1].set_result(type("Answer", (), {"offset": 7})())
+    assert pending.ends() == {("facts", 0): 7}
