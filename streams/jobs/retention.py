@@ -309,7 +309,7 @@ class _Partition:
 
     book: RetentionBook
     facts_applied: int = 0
-    next_tick_ms: int = 0
+    next_tick: float = 0.0  # monotonic: the job's clock may stand still (tests) or jump
     more: bool = False
 
 
@@ -436,7 +436,6 @@ class RetentionJob:
         self.topics = settings.topology
         self.partitions = partitions
         self.clock = clock
-        self.tick_ms = int(settings.tick_interval_s * 1000)
         self._log_codec = contracts.codec("log_store")
         self._control_codecs = {
             self.topics.name(f): (_OPS[f], contracts.codec(f)) for f in _CONTROL_FIELDS
@@ -452,6 +451,7 @@ class RetentionJob:
         self._content: ContentReader | None = None
         self.watch: DeletionWatch | None = None
         self._roll_every_ms = roll_interval_ms(settings.deletion_bound)
+        self._next_roll = 0.0
         self.spec = JobSpec(
             name=JOB,
             inputs=("log_store",),
@@ -463,7 +463,8 @@ class RetentionJob:
             punctuators=(
                 Punctuator(0, self.apply_facts, per_partition=False),  # every turn, first
                 Punctuator(0, self.tick),
-                Punctuator(self._roll_every_ms, self.roll, per_partition=False),
+                # Paced by wall time: the deletion bound is wall time, whatever the clock.
+                Punctuator(0, self.roll, per_partition=False),
             ),
             subject_kind="log_record",
             tombstone=self.tombstone,
@@ -582,6 +583,7 @@ class RetentionJob:
         if complete_at is not None:
             self.facts_complete_ms = max(self.facts_complete_ms, complete_at)
 
+
     def _apply(self, ctx: Context, book: RetentionBook, fact: Fact, now: int, limit: int) -> None:
         if fact.fact is None:
             self._bad_fact(ctx, book, fact)
@@ -615,11 +617,12 @@ class RetentionJob:
 
     def tick(self, ctx: Context) -> None:
         """R4: delete what is due in this partition (at most ``tick_limit`` per turn)."""
-        now = ctx.now()
         state = self.book(ctx, ctx.partition)
-        if not state.more and now < state.next_tick_ms:
+        started = time.monotonic()
+        if not state.more and started < state.next_tick:
             return
-        state.next_tick_ms = now + self.tick_ms
+        state.next_tick = started + self.settings.tick_interval_s
+        now = ctx.now()
         at = min(now, self.facts_complete_ms)
         result = state.book.tick(at, self.settings.tick_limit)
         state.more = result.more
@@ -630,6 +633,10 @@ class RetentionJob:
         when something is appended (``streams.kafka.topics.TopicSpec.configs``): a
         ``ROLL_KEY`` tombstone goes to every owned partition of the compacted content
         topics each quarter of the bound."""
+        started = time.monotonic()
+        if started < self._next_roll:
+            return
+        self._next_roll = started + self._roll_every_ms / 1000
         mine = sorted(ctx.stores(BOOKS))
         for p in mine:
             ctx.emit("log_store", ROLL_KEY, None, partition=p)
