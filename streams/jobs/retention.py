@@ -470,6 +470,7 @@ class RetentionJob:
             tombstone=self.tombstone,
             undecodable=self.undecodable,
             batch_size=settings.batch_size,
+            static_membership=True,  # a SIGKILLed worker's first expiry within seconds
         )
 
     # --- wiring -------------------------------------------------------------------------
@@ -626,6 +627,8 @@ class RetentionJob:
         at = min(now, self.facts_complete_ms)
         result = state.book.tick(at, self.settings.tick_limit)
         state.more = result.more
+        if not result.more:
+            state.book.prune_released(at)
         self._effects(ctx, result.effects, Source(self.topics.log_store, ctx.partition, -1), now)
 
     def roll(self, ctx: Context) -> None:

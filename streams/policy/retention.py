@@ -400,6 +400,8 @@ class RetentionBook:
         facts = sorted(self.store.facts(), key=lambda kv: _FACT_ORDER.get(json.loads(kv[0])[3], 9))
         for key, value in facts:
             kind = json.loads(key)[0]
+            if not value:
+                continue  # a released hold, pruned (``prune_released``)
             if kind == "flag":
                 self._apply_flag(MisuseFlag(**value))
             elif kind == "legal":
@@ -572,6 +574,24 @@ class RetentionBook:
         placed here covers nothing."""
         if released is not None:  # a repeated release finds nothing: the first instant stands
             self._released.setdefault(org_id, {})[(kind, hold_id)] = (released, at_ms)
+
+    def prune_released(self, now_ms: int, keep_ms: int = DAY_MS) -> int:
+        """Forget holds released more than ``keep_ms`` before ``now_ms``: by then every
+        record they held was due at the release and has been swept. Their facts stay filed
+        as empty markers, so the hold is not applied again when it is read again."""
+        pruned = 0
+        for org_id, released in list(self._released.items()):
+            for (kind, hold_id), (_, at_ms) in list(released.items()):
+                if at_ms + keep_ms > now_ms:
+                    continue
+                del released[(kind, hold_id)]
+                fact_kind, placed = ("flag", "RAISE") if kind == "misuse" else ("legal", "PLACE")
+                for action in (placed, "RELEASE"):
+                    self.store.put_fact(_fact_key(fact_kind, org_id, hold_id, action), {})
+                pruned += 1
+            if not released:
+                del self._released[org_id]
+        return pruned
 
     def released_hold(self, org_id: str, kind: str, hold_id: str) -> Hold | None:
         entry = self._released.get(org_id, {}).get((kind, hold_id))

@@ -704,6 +704,24 @@ def test_R4_R5_R15_book_store_indexes_find_only_what_is_asked() -> None:
     assert again.is_held("b0") and len(again) == 5
 
 
+def test_R5_R6_released_holds_are_pruned_and_not_applied_again() -> None:
+    """A hold released a day ago is forgotten (memory stays bounded by the holds in force);
+    its facts stay filed, so reading the flag again does not place it again (R5, R6)."""
+    store = DictStore()
+    b = book(store)
+    b.record(rec("r1"), now_ms=T0)
+    raised = flag()
+    b.flag(raised, now_ms=T0)
+    b.flag(flag(action=FlagAction.RELEASE, at=T0 + DAY_MS), now_ms=T0 + DAY_MS)
+    assert b.prune_released(T0 + DAY_MS + 1) == 0
+    assert b.prune_released(T0 + 2 * DAY_MS) == 1
+    assert b.released_hold("org-a", "misuse", "f1") is None
+    assert b.has_applied(raised)
+    again = book(store)
+    assert not again.holds.covering("org-a", "key-a", "r1", T0, "")
+    assert set(deletions(again.tick(DAY30).effects)) == {"r1"}
+
+
 def test_R4_file_clock_moves_forward_only(tmp_path: Any) -> None:
     from streams.kafka.runtime import FileClock, write_clock
 
