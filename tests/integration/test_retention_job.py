@@ -81,7 +81,6 @@ class Worker:
         stack: Stack,
         registries: Registries,
         tmp: Path,
-        guarantee: str = "at_least_once",
         tick_limit: int | None = None,
         name: str = "worker",
     ) -> None:
@@ -98,7 +97,6 @@ class Worker:
             "STREAMS_STATE_DIR": str(tmp / f"{name}-state"),
             "STREAMS_WORKER_ID": name,
             "STREAMS_TICK_S": "0.3",
-            "STREAMS_PROCESSING_GUARANTEE": guarantee,
         }
         if tick_limit is not None:
             self.env["STREAMS_TICK_LIMIT"] = str(tick_limit)
@@ -596,14 +594,14 @@ def test_retention_job_R4_R5_R6_R7_R15_R16_R17_on_the_real_broker(
 
 # --- restarts ------------------------------------------------------------------------------
 def run_kill_restart(
-    rstack: Stack, registries: Registries, tmp: Path, guarantee: str
+    rstack: Stack, registries: Registries, tmp: Path
 ) -> dict[str, Any]:
     """SIGKILL the worker in the middle of a deletion stream, restart it, finish the stream.
 
     Returns what happened: missed expiries, held records deleted, duplicates.
     """
     s = rstack
-    w = Worker(s, registries, tmp, guarantee=guarantee, tick_limit=100)
+    w = Worker(s, registries, tmp, tick_limit=100)
     out = Outputs(s)
     n, step = 3000, 1000  # one record per second of creation time
     held_window = (T0 + 1000 * step, T0 + 1200 * step)
@@ -681,7 +679,7 @@ def test_R4_R5_R6_worker_sigkilled_mid_stream_misses_no_expiry_and_deletes_no_he
     after the restart and none of the held ones, exactly once: no deletion event or review
     is written twice (faust-streaming's exactly_once failed this test, writing 313 of 313
     deletions again: the reason the job left faust)."""
-    result = run_kill_restart(rstack, registries, tmp_path, "exactly_once")
+    result = run_kill_restart(rstack, registries, tmp_path)
     assert result["missed"] == set()
     assert result["wrongly_deleted"] == set()
     assert result["duplicate_reviews"] == 0
