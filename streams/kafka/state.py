@@ -181,7 +181,8 @@ StoreBackend = Callable[[Mapping[bytes, bytes]], KeyValueStore]
 Replay = Callable[[int, int, Callable[[Sequence[tuple[bytes, bytes | None]]], None]], int]
 
 _META = b"\xff\xff"  # partition prefixes are 2 bytes below 0xffff: meta keys sort last
-_CHECKPOINT = struct.Struct(">qqq")  # changelog offset, written at (ms), entries
+_CHECKPOINT = struct.Struct(">qq")  # changelog offset, written at (ms)
+_ENTRIES = struct.Struct(">q")
 
 
 class DiskStores:
@@ -268,6 +269,7 @@ class DiskStore(KeyValueStore):
         self._prefix = partition.to_bytes(2, "big")
         self._end = (partition + 1).to_bytes(2, "big")
         self._meta = _META + self._prefix
+        self._entries_key = self._meta + b"n"  # written with every write batch
         self._pending: dict[bytes, bytes | None] = {}
         self._entries = 0
         self.restored_from = -1  # the changelog offset the last restore started at
@@ -337,31 +339,36 @@ class DiskStore(KeyValueStore):
 
     def checkpoint(self, offset: int, now_ms: int) -> None:
         """Everything in the changelog below ``offset`` is on disk (call after ``committed``)."""
-        self._db[self._meta] = _CHECKPOINT.pack(offset, now_ms, self._entries)
+        self._db[self._meta] = _CHECKPOINT.pack(offset, now_ms)
 
     def restore(self, replay: Replay, now_ms: int, stale_after_ms: int) -> None:
         meta = self._db.get(self._meta)
         start = 0
         if meta is not None:
-            offset, written_at, entries = _CHECKPOINT.unpack(meta)
+            offset, written_at = _CHECKPOINT.unpack(meta)
             if now_ms - written_at <= stale_after_ms:
-                start, self._entries = offset, entries
+                start = offset
+                entries = self._db.get(self._entries_key)
+                self._entries = _ENTRIES.unpack(entries)[0] if entries is not None else 0
         if start == 0:
             # Nothing on disk to trust: whatever a crash left before the first checkpoint,
             # or a checkpoint too old, is rebuilt from the whole changelog.
-            self._db.delete_range(self._prefix, self._end)
-            self._entries = 0
+            self._wipe()
         self.restored_from = start
         self.replayed = 0
         end = replay(self.partition, start, self._replayed)
         if end < start:
             # The changelog is shorter than the checkpoint: not this store's changelog any
             # more (recreated): rebuild from it.
-            self._db.delete_range(self._prefix, self._end)
-            self._entries = 0
+            self._wipe()
             self.restored_from = 0
             end = replay(self.partition, 0, self._replayed)
         self.checkpoint(end, now_ms)
+
+    def _wipe(self) -> None:
+        self._db.delete_range(self._prefix, self._end)
+        self._entries = 0
+        self._db[self._entries_key] = _ENTRIES.pack(0)
 
     def _replayed(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
         self.replayed += len(changes)
@@ -386,6 +393,7 @@ class DiskStore(KeyValueStore):
                 if old is None:
                     entries += 1
                 batch.put(disk_key, value)
+        batch.put(self._entries_key, _ENTRIES.pack(entries))
         self._db.write(batch)
         self._entries = entries
 
