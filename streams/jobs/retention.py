@@ -104,7 +104,15 @@ JOB = RETENTION
 BOOKS = "books"  # the store; its changelog is ``<prefix>retention.books``
 _CONTROL_FIELDS = ("misuse_flags", "legal_holds", "account_deletions")
 _OPS = {"misuse_flags": "flag", "legal_holds": "legal", "account_deletions": "deletion"}
-_ASK_EVERY_S = 0.1  # how often the facts' end offsets are asked for the tick barrier
+_ASK_EVERY_S = 0.1
+TRACKED_FIELDS = (
+    "request_id",
+    "org_id",
+    "api_key_id",
+    "created_at_ms",
+    "retention_days",
+    "consent_version",
+)  # how often the facts' end offsets are asked for the tick barrier
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -471,6 +479,8 @@ class RetentionJob:
             undecodable=self.undecodable,
             batch_size=settings.batch_size,
             static_membership=True,  # a SIGKILLed worker's first expiry within seconds
+            # What tracking needs; prompts, documents and generations are skipped unread.
+            read_fields={"log_store": TRACKED_FIELDS},
         )
 
     # --- wiring -------------------------------------------------------------------------

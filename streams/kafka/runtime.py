@@ -182,6 +182,9 @@ class JobSpec:
     # until the session timeout. For a job whose restart must be quick (retention: its
     # first expiry after a SIGKILL).
     static_membership: bool = False
+    # The fields a job reads of an input (the others are skipped in the bytes, never
+    # decoded): e.g. retention tracks ids and times of a log record, never its content.
+    read_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def subject_field(
@@ -404,7 +407,12 @@ class _Processing:
         self._next_checkpoint = 0.0
         topics = contracts.topics
         self.decoders: dict[str, Codec] = {
-            topics.name(name): contracts.codec(name) for name in spec.inputs
+            topics.name(name): (
+                contracts.codec(name).projection(spec.read_fields[name])
+                if name in spec.read_fields
+                else contracts.codec(name)
+            )
+            for name in spec.inputs
         }
         self.routes: dict[str, tuple[str, Codec]] = {
             route: (topics.name(route), contracts.codec(route)) for route in spec.outputs
