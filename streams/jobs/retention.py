@@ -339,7 +339,11 @@ class ContentReader:
         )
 
     def read(self, partition: int, wanted: Mapping[int, str], timeout_s: float = 10.0) -> dict:
-        """{request id: raw value} for ``wanted`` {offset: request id} that are still there."""
+        """{request id: raw value} for ``wanted`` {offset: request id} that are still there.
+
+        Raises ``TimeoutError`` when the broker did not answer up to the last wanted offset
+        in time: "not there" is never guessed (a review is retried after a restart; the
+        deletion watch skips a round instead of counting a value gone)."""
         found: dict[str, bytes] = {}
         if not wanted:
             return found
@@ -365,6 +369,8 @@ class ContentReader:
                     found[request_id] = value
                 if offset >= last:
                     break
+            else:
+                raise TimeoutError(f"{self.topic}/{partition} not read up to {last} in time")
         finally:
             self._consumer.unassign()
         return found
