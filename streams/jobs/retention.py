@@ -158,9 +158,13 @@ class BookStore:
     def __init__(self, kv: KeyValueStore, partition: int) -> None:
         self.kv = kv
         self.partition = partition
+        # The row read last: a record is read, then written (one disk read, not two).
+        self._last: tuple[bytes, bytes | None] | None = None
 
     def get(self, request_id: str) -> Tracked | None:
-        data = self.kv.get(b"r" + request_id.encode())
+        key = b"r" + request_id.encode()
+        data = self.kv.get(key)
+        self._last = (key, data)
         return None if data is None else self._decode(request_id, data)
 
     def _decode(self, request_id: str, data: bytes) -> Tracked:
@@ -171,13 +175,15 @@ class BookStore:
 
     def put(self, record: Tracked) -> None:
         rid = record.request_id.encode()
-        previous = self.kv.get(b"r" + rid)
+        key = b"r" + rid
+        last, self._last = self._last, None
+        previous = last[1] if last is not None and last[0] == key else self.kv.get(key)
         if previous is not None:
             old = self._decode(record.request_id, previous)
             if (old.org_id, old.created_at_ms) != (record.org_id, record.created_at_ms):
                 self._unindex(old)
         self.kv.put(
-            b"r" + rid,
+            key,
             marshal.dumps(
                 (
                     record.org_id,
@@ -195,6 +201,7 @@ class BookStore:
 
     def delete(self, request_id: str) -> None:
         record = self.get(request_id)
+        self._last = None
         if record is not None:
             self.kv.delete(b"r" + request_id.encode())
             self._unindex(record)

@@ -467,7 +467,8 @@ class RetentionBook:
             # R5: a flag already sent this record to review; a replay must not send it twice.
             record = replace(record, reviewed=previous.reviewed)
         self.store.put(record)
-        self.store.unpark(record.request_id)
+        if previous is not None:  # only a record seen before can have been held
+            self.store.unpark(record.request_id)
         due = self.due_at(record)
         effects: list[Effect] = [self._retained_note(record, due)]
         if record.org_id not in self._deleted_orgs:
