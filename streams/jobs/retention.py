@@ -200,8 +200,10 @@ class BookStore:
             self.kv.put(self._org_key(record), b"")
 
     def delete(self, request_id: str) -> None:
-        record = self.get(request_id)
-        self._last = None
+        key = b"r" + request_id.encode()
+        last, self._last = self._last, None
+        data = last[1] if last is not None and last[0] == key else self.kv.get(key)
+        record = None if data is None else self._decode(request_id, data)
         if record is not None:
             self.kv.delete(b"r" + request_id.encode())
             self._unindex(record)
