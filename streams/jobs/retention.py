@@ -55,7 +55,7 @@ import faust
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from faust.types import TP, EventT
 
-from streams.kafka.clients import client_config
+from streams.kafka.clients import client_config, producer_config
 from streams.kafka.faust_app import (
     AT_LEAST_ONCE,
     FaustSettings,
@@ -349,14 +349,10 @@ class OutputProducer:
 
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self._producer = Producer(
-            {
-                **client_config(bootstrap_servers),
-                "client.id": client_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "lz4",
-            }
+            producer_config(
+                bootstrap_servers,
+                {"client.id": client_id, "linger.ms": 5, "compression.type": "lz4"},
+            )
         )
         self._errors: list[str] = []
 
