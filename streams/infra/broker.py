@@ -866,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
         "--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SASL user"
     )
     parser.add_argument("--heap", default="512m")
+    parser.add_argument(
+        "--brokers", type=int, default=1, choices=(1, 3), help="1 node, or a cluster of 3"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -885,6 +888,10 @@ def main(argv: list[str] | None = None) -> int:
         "users": _parse_users(args.user),
         "heap": args.heap,
     }
+    if args.brokers > 1:
+        if args.daemon:
+            raise SystemExit("--daemon runs one broker; run a cluster in the foreground")
+        return _run_cluster(args.brokers, kafka_args)
     if args.daemon:
         if (state := _daemon_state()) is not None:
             print(f"already running (pid {state[0]}) at {state[1]}", file=sys.stderr)
@@ -919,6 +926,23 @@ def main(argv: list[str] | None = None) -> int:
             if not kafka.running:
                 print(f"Kafka exited; see {kafka.log_file}", file=sys.stderr)
                 kafka.keep_data = True
+                return 1
+    return 0
+
+
+def _run_cluster(brokers: int, kafka_args: dict[str, Any]) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalCluster(brokers, **kafka_args) as cluster:
+        print(
+            f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}  ({brokers} nodes, ready in"
+            f" {cluster.startup_seconds:.1f}s; Ctrl-C stops)",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if not all(node.running for node in cluster.nodes):
+                print("a Kafka node exited; see server.log in its data dir", file=sys.stderr)
                 return 1
     return 0
 
