@@ -45,7 +45,7 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Self
 
 from streams.infra.fetch import ROOT, libs_dir
 
@@ -112,7 +112,28 @@ def _free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-class LocalKafka:
+class _Started:
+    """``with`` starts it and stops it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalKafka(_Started):
     """A single-node KRaft broker on 127.0.0.1, started from the project's pinned jars.
 
     ``start()`` formats the storage (first start only), launches the JVM and returns once
@@ -239,7 +260,7 @@ class LocalKafka:
         return self.data_dir / "server.log"
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self, timeout_s: float = 90.0, *, wait: bool = True) -> LocalKafka:
+    def start(self, timeout_s: float = 90.0, *, wait: bool = True) -> Self:
         """Format (first time), launch and wait until ready. Returns ``self``.
 
         ``wait=False`` returns once the JVM is launched (then ``wait_ready``): the nodes of
@@ -324,16 +345,6 @@ class LocalKafka:
         """SIGKILL the broker, as a crash would; the data stays (``start()`` recovers it)."""
         self._terminate(signal.SIGKILL)
 
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -545,7 +556,7 @@ class LocalKafka:
         return "\n".join(parts)
 
 
-class LocalCluster:
+class LocalCluster(_Started):
     """``brokers`` KRaft nodes on 127.0.0.1, each a combined broker and controller, one
     controller quorum (``controller.quorum.voters`` lists every node). On three nodes the
     internal topics have 3 copies and need 2 in sync (``min.insync.replicas`` 2 is also the
@@ -584,7 +595,7 @@ class LocalCluster:
     def client_config(self, user: str = ADMIN_USER) -> dict[str, Any]:
         return {**self.nodes[0].client_config(user), "bootstrap.servers": self.bootstrap_servers}
 
-    def start(self, timeout_s: float = 120.0) -> LocalCluster:
+    def start(self, timeout_s: float = 120.0) -> Self:
         started = time.monotonic()
         try:
             for node in self.nodes:
@@ -613,16 +624,6 @@ class LocalCluster:
             node.kill()
             node.stop()
 
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _cluster_id() -> str:
