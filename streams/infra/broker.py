@@ -345,7 +345,6 @@ class LocalKafka(_Started):
         """SIGKILL the broker, as a crash would; the data stays (``start()`` recovers it)."""
         self._terminate(signal.SIGKILL)
 
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"LocalKafka({self.bootstrap_servers}, {state}, data_dir={self.data_dir})"
@@ -623,7 +622,6 @@ class LocalCluster(_Started):
         for node in self.nodes:
             node.kill()
             node.stop()
-
 
 
 def _cluster_id() -> str:
