@@ -256,12 +256,15 @@ def test_a_broker_killed_mid_stream_on_three_replicas_loses_and_doubles_nothing_
 
         restarts = {w.process.args[-1]: w.restarts for w in workers}  # type: ignore[index]
     progress.stop()
-    pause, at = progress.longest_pause(started, routed_at)
+    # The pause that spans the kill starts at the last progress before it.
+    pause, at = progress.longest_pause(killed_at - 5, routed_at)
+    before, _ = progress.longest_pause(started, killed_at)
     line = (
         f"three brokers, node {victim.node_id} (most leaders) SIGKILLed {killed_at - started:.1f}s"
         f" in, back {back_at - killed_at:.1f}s later (restart {victim.startup_seconds:.1f}s);"
         f" {len(ids):,} requests routed {routed_at - started:.1f}s after the jobs started;"
-        f" longest pause in progress {pause:.1f}s, {at - killed_at:+.1f}s from the kill;"
+        f" longest pause in progress from the kill on {pause:.1f}s (starting"
+        f" {at - killed_at:+.1f}s from the kill), before it {before:.1f}s (start-up);"
         f" worker restarts {restarts}"
     )
     print(f"\n{line}")
