@@ -59,14 +59,13 @@ def explain(request_id: str, settings: Settings) -> str:
 def run_job(job: str, settings: Settings) -> None:
     """One worker of ``job`` until SIGTERM/SIGINT (``streams run JOB``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from streams.jobs.wiring import runtime_of, serve
+
     if job == "retention":
         from streams.jobs import retention
 
-        retention.run(settings)  # faust, until the retention issue moves it onto the runtime
-        return
-    from streams.jobs.wiring import runtime_of, serve
-
-    if job == "router":
+        retention.run(settings)
+    elif job == "router":
         from streams.jobs.router import build_router_loop
 
         serve(build_router_loop(settings)[0], settings)
