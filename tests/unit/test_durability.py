@@ -159,7 +159,7 @@ def test_every_producer_the_project_builds_uses_producer_config() -> None:
                 and node.func.id == "Producer"
             ):
                 calls.append((path.name, node))
-    assert len(calls) >= 4
+    assert len(calls) >= 3  # the runtime's, verify's and the demo's
     for name, call in calls:
         argument = call.args[0] if call.args else None
         is_durable = (
