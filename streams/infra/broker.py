@@ -44,10 +44,10 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Self
 
 from streams.infra.fetch import ROOT, libs_dir
+from streams.infra.started import Started
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -112,28 +112,7 @@ def _free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-class _Started:
-    """``with`` starts it and stops it."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalKafka(_Started):
+class LocalKafka(Started):
     """A single-node KRaft broker on 127.0.0.1, started from the project's pinned jars.
 
     ``start()`` formats the storage (first start only), launches the JVM and returns once
@@ -555,7 +534,7 @@ class LocalKafka(_Started):
         return "\n".join(parts)
 
 
-class LocalCluster(_Started):
+class LocalCluster(Started):
     """``brokers`` KRaft nodes on 127.0.0.1, each a combined broker and controller, one
     controller quorum (``controller.quorum.voters`` lists every node). On three nodes the
     internal topics have 3 copies and need 2 in sync (``min.insync.replicas`` 2 is also the
