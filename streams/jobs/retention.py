@@ -241,9 +241,12 @@ class BookStore:
     def unschedule(self, due_ms: int, request_id: str) -> None:
         self.kv.delete(b"e" + _ms(due_ms) + request_id.encode())
 
-    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+    def due(
+        self, until_ms: int, limit: int, after: tuple[int, str] | None = None
+    ) -> list[tuple[int, str]]:
         entries: list[tuple[int, str]] = []
-        for key, _ in self.kv.range(b"e", b"e" + _ms(until_ms + 1)):
+        start = b"e" if after is None else b"e" + _ms(after[0]) + after[1].encode() + b"\0"
+        for key, _ in self.kv.range(start, b"e" + _ms(until_ms + 1)):
             entries.append((_TIME.unpack_from(key, 1)[0], key[9:].decode()))
             if len(entries) >= limit:
                 break
