@@ -169,3 +169,20 @@ def test_every_producer_the_project_builds_uses_producer_config() -> None:
         ) or (isinstance(argument, ast.Name) and argument.id == "producer_conf")
         assert is_durable, f"{name}:{call.lineno} builds a producer without producer_config"
     assert DURABLE_PRODUCER == {"acks": "all", "enable.idempotence": True}
+
+
+def test_auto_counts_a_broker_that_is_down_but_holds_replicas() -> None:
+    """A broker down for a restart is missing from the metadata's broker list, but not
+    from the partitions' replica lists: "auto" keeps 3 copies meanwhile."""
+    from types import SimpleNamespace
+
+    from streams.kafka.topics import cluster_brokers, replication_of
+
+    partition = SimpleNamespace(replicas=[1, 2, 3])
+    metadata = SimpleNamespace(
+        brokers={1: None, 2: None},
+        topics={"t": SimpleNamespace(partitions={0: partition})},
+    )
+    admin: Any = SimpleNamespace(list_topics=lambda timeout: metadata)
+    assert cluster_brokers(admin) == 3
+    assert replication_of(admin, Durability()) == Replication(3, 2)
