@@ -25,7 +25,7 @@ from streams.jobs.processes import JOBS
 from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import DurabilityError, apply_topics
 from streams.settings import Settings, SettingsError
 
 
@@ -112,11 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         sys.exit(str(exc))
     if args.command == "topics":
-        created = ensure_topics(
-            AdminClient(client_config(settings.bootstrap_servers)), settings.topology
-        )
+        admin = AdminClient(client_config(settings.bootstrap_servers))
+        try:
+            outcome = apply_topics(admin, settings.topology, durability=settings.durability)
+        except DurabilityError as exc:
+            sys.exit(str(exc))
+        print("\n".join(outcome.lines))
         Contracts(registry_client(settings.registry_url), settings.topology).register_all()
-        print(f"topics ready ({len(created)} created); schemas registered")
+        print("schemas registered")
     elif args.command == "run":
         run_job(args.job, settings)
     elif args.command == "explain":

@@ -43,7 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.clients import client_config
-from streams.kafka.topics import create_topic
+from streams.kafka.topics import create_topic, grow_copartitioned
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +512,10 @@ def ensure_copartitioned_topic(
     config: Mapping[str, str] | None = None,
     timeout: float = 30.0,
 ) -> str:
-    """Create the compacted changelog ``name`` with as many partitions as topic ``like``."""
+    """Create the compacted changelog ``name`` with as many partitions as topic ``like``, with
+    the deployment's replication (``topics.create_topic``); grow it when ``like`` has grown
+    (``streams topics``): partition p of the store still restores from changelog
+    partition p, and the new partitions start empty, as their inputs do."""
     admin = AdminClient(client_config(bootstrap_servers))
     metadata = admin.list_topics(timeout=timeout).topics
     source = metadata.get(like)
@@ -521,8 +524,10 @@ def ensure_copartitioned_topic(
     partitions = len(source.partitions)
     existing = metadata.get(name)
     if existing is not None and existing.error is None:
-        if len(existing.partitions) != partitions:
+        if len(existing.partitions) > partitions:
             raise RuntimeError(f"{name} must have {partitions} partitions like {like}")
+        if len(existing.partitions) < partitions:
+            grow_copartitioned(admin, name, partitions, timeout)
         return name
     create_topic(admin, name, partitions, {"cleanup.policy": "compact", **(config or {})}, timeout)
     return name
