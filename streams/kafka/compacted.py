@@ -271,7 +271,7 @@ class ReadBarrier:
         return False, float("inf")
 
 
-def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 15.0) -> int:
+def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
     """The partition's end offset, retrying while a new partition's leader settles in."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -285,7 +285,14 @@ def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 15.0) 
             time.sleep(0.1)
 
 
-_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+# While leaders move (a broker lost or back), metadata can briefly not know a partition.
+_SETTLING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+)
 
 
 def read_topic(

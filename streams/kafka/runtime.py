@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Codec, Contracts, DecodeError
@@ -481,7 +481,13 @@ class _Processing:
                 if checkpoint and isinstance(store, DiskStore):
                     # Only this worker writes the partition, and its last transaction is
                     # acknowledged: everything below the high watermark is on disk.
-                    store.checkpoint(self.readers[name].end(partition), self.clock())
+                    try:
+                        end = self.readers[name].end(partition)
+                    except KafkaException as exc:  # leaders moving: the next one will do
+                        log.warning("checkpoint of %s/%d skipped: %s", name, partition, exc)
+                        self._next_checkpoint = 0.0
+                        continue
+                    store.checkpoint(end, self.clock())
 
     def restore_owned(self) -> None:
         """Stores are restored on assignment, before the partition's first record."""

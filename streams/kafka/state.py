@@ -43,6 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.clients import client_config
+from streams.kafka.compacted import end_offset
 from streams.kafka.topics import create_topic, grow_copartitioned
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,7 @@ class StateReader:
         """The live records of the partition: key -> latest value, tombstoned keys removed."""
         live: dict[bytes, bytes] = {}
         tp = TopicPartition(self.topic, partition)
-        _, end = self._probe.get_watermark_offsets(tp, timeout=15)
+        end = end_offset(self._probe, tp)
         if end <= 0:
             return live
         self._reader.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
@@ -465,7 +466,7 @@ class StateReader:
         """Apply the committed records from ``start`` to the partition's end as of now, in
         batches (None: a tombstone); returns that end (``start`` if nothing was there)."""
         tp = TopicPartition(self.topic, partition)
-        _, end = self._probe.get_watermark_offsets(tp, timeout=15)
+        end = end_offset(self._probe, tp)
         if end <= start:
             return int(end)
         self._reader.assign([TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)])
@@ -487,7 +488,7 @@ class StateReader:
 
     def end(self, partition: int) -> int:
         """The partition's high watermark (after a commit: every record written before)."""
-        return int(self._probe.get_watermark_offsets(TopicPartition(self.topic, partition), 15)[1])
+        return end_offset(self._probe, TopicPartition(self.topic, partition))
 
     def close(self) -> None:
         self._reader.close()

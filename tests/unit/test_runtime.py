@@ -93,3 +93,20 @@ def test_a_store_restored_after_an_abort_includes_what_the_aborted_punctuators_w
     processing.refresh()
     assert job.deleted == [b"k1", b"k2"]  # not deleted (and tombstoned) a second time
     assert len(processing.stores["state"][0]) == 0
+
+
+def test_R4_R17_a_deleted_review_copy_is_not_a_bad_record() -> None:
+    """The retention job tombstones safety-review copies (R4/R15) and rolls idle partitions:
+    the safety-evaluation job takes those tombstones as such, not as dead letters (R17)."""
+    from streams.jobs.safety_evaluation import SafetyEvaluationJob
+    from streams.jobs.wiring import PolicyAuditTrail
+    from streams.kafka.runtime import JobDriver
+    from streams.kafka.serde import Contracts, registry_client
+    from streams.kafka.topics import Topology
+    from streams.policy.config import PolicyConfig
+    from streams.policy.redaction import Redactor
+
+    contracts = Contracts(registry_client("mock://tombstones"), Topology("t."))
+    config = PolicyConfig()
+    driver = JobDriver(SafetyEvaluationJob(config, Redactor()), contracts, PolicyAuditTrail(config))
+    assert driver.process("safety_review", b"f-1/r-1", None) == []
