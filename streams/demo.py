@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -30,7 +31,7 @@ from streams.jobs.processes import Cluster, running
 from streams.kafka.clients import client_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import Topology, ensure_topics, key_for
+from streams.kafka.topics import ROLL_KEY, Topology, ensure_topics, key_for
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS
 from streams.traffic import TrafficGenerator, TrafficMix
@@ -200,10 +201,10 @@ class Demo:
                 print(f" {count:,}", end="", flush=True)
                 shown = count
             if count >= wanted:
-                done(f"({count:,} of {wanted:,})")
+                done(f"({count:,} of {wanted:,})" if wanted > 1 else "")
                 return count
             if time.monotonic() > deadline:
-                done(f"({count:,} of {wanted:,} {counted})", outcome="TIMED OUT")
+                done(f"({count:,} of {wanted:,} {counted})", outcome="TIMED OUT after")
                 return count
             time.sleep(2)
 
@@ -219,10 +220,10 @@ class Demo:
         ):
             self.wait_for(
                 "router: routing every request exactly once",
-                "audit",
+                "usage_events",
                 lambda: REQUESTS,
                 90,
-                "audit records",
+                "usage events (one per request, R3)",
             )
             logged = self.census("log_store")[0]  # values: tombstones are not records
             self.wait_for(
@@ -272,8 +273,8 @@ class Demo:
         """What went in, where it went and why, for a person: every table adds up on its own
         total line, every rule id is named, nothing needs arithmetic."""
         audit = self.decoded("audit")
+        traffic = set(self.request_ids)
         titles = rule_titles()
-        lines = ["", "What went in:", ""]
         inputs = [
             ("request logs", "request_logs"),
             ("data-control changes", "data_controls"),
@@ -283,68 +284,72 @@ class Demo:
             ("account deletions", "account_deletions"),
         ]
         counts = {field: self.count(field) for _, field in inputs}
-        lines += _table([(label, counts[field], "") for label, field in inputs], "records in")
+        lines = ["", "What went in:", ""]
+        lines += _table([(label, counts[f], "") for label, f in inputs], "records", total=False)
         seen_rules: set[str] = set()
-        for job, inputs_label, subject in (
-            ("router", f"{counts['request_logs']:,} request logs in", "requests"),
-            ("retention", "log-store records and facts", "decisions"),
-        ):
+        tables = (
+            ("router", f"{counts['request_logs']:,} request logs in, one decision each", _ROUTER),
+            ("retention", "each log-store record", _RETENTION),
+        )
+        for job, what, note in tables:
             routes: Counter[tuple[str, str]] = Counter()
             for record in audit:
-                if record["job"] == job and record["subject_id"] in self._traffic_subjects():
+                if record["job"] == job and record["subject_id"] in traffic:
                     rules = sorted(record["rule_ids"], key=_rule_order)
                     seen_rules.update(rules)
                     routes[(" + ".join(record["routes"]) or "-", " ".join(rules))] += 1
-            lines += [
-                "",
-                f"Where the {job} sent them ({inputs_label}; from the audit topic, R16):",
-                "",
+            lines += ["", f"Where the {job} sent them ({what}; from the audit topic, R16):", ""]
+            rows = [
+                (route, n, rules)
+                for (route, rules), n in sorted(routes.items(), key=lambda kv: (kv[0][0], -kv[1]))
             ]
-            rows = [(route, n, rules) for (route, rules), n in routes.most_common()]
-            lines += _table(rows, subject, notes_header="rules")
+            lines += _table(rows, "decisions", notes_header="rules")
+            lines += [f"  {line}" for line in textwrap.wrap(note, WIDTH - 2)]
         lines += ["", "The rules (full text: docs/policy.md, or /policy on the explain service):"]
         for rule in sorted(seen_rules, key=_rule_order):
             lines.append(f"  {rule:<4} {titles.get(rule, '')}")
         lines += ["", "What the topics hold now:", ""]
         rows = []
         for field, meaning in _TOPIC_MEANINGS:
-            records, tombstones = self.census(field)
+            records, tombstones, rolls = self.census(field)
             note = meaning
-            if tombstones:
-                note += f"; besides them {tombstones:,} tombstones (deletions, no content)"
+            if tombstones or rolls:
+                note += f"; besides them {tombstones:,} deletion tombstones"
+                note += f" and {rolls:,} segment-roll markers" if rolls else ""
+                note += " (keys only, no content)"
             rows.append((getattr(self.topology, field), records, note))
+        newest: dict[tuple[Any, ...], int] = {}
         metrics = self.decoded("usage_metrics")
-        windows = {(m["org_id"], m["endpoint"], m["model"], m["window_start_ms"]) for m in metrics}
+        for m in metrics:  # each hour's aggregate is published again as requests arrive
+            newest[(m["org_id"], m["endpoint"], m["model"], m["window_start_ms"])] = m["requests"]
         rows.append(
             (
                 self.topology.usage_metrics,
                 len(metrics),
-                f"hourly aggregates (one per org, endpoint, model and hour, updated as requests"
-                f" arrive: {len(windows):,} distinct hours), not one per request",
+                f"updates of {len(newest):,} hourly aggregates (per org, endpoint, model and"
+                f" hour, R3), each published again as its hour's requests arrive; the newest of"
+                f" each count {sum(newest.values()):,} requests",
             )
         )
         lines += _table(rows, "records", notes_header="what they are", total=False)
         return "\n".join(lines)
 
-    def _traffic_subjects(self) -> set[str]:
-        if not hasattr(self, "_subjects"):
-            self._subjects = set(self.request_ids)
-        return self._subjects
-
-    def census(self, field: str) -> tuple[int, int]:
-        """(records with a value, tombstones) of a topic."""
-        records = tombstones = 0
-        for _, value, _, _ in read_topic(self.bootstrap, getattr(self.topology, field), 0.5):
-            if value is None:
-                tombstones += 1
-            else:
+    def census(self, field: str) -> tuple[int, int, int]:
+        """(records with a value, deletion tombstones, segment-roll markers) of a topic."""
+        records = tombstones = rolls = 0
+        for key, value, _, _ in read_topic(self.bootstrap, getattr(self.topology, field), 0.5):
+            if value is not None:
                 records += 1
-        return records, tombstones
+            elif key == ROLL_KEY:
+                rolls += 1
+            else:
+                tombstones += 1
+        return records, tombstones, rolls
 
     def examples(self) -> dict[str, str]:
         """One request id per kind of route a person may want explained."""
         found: dict[str, str] = {}
-        wanted = self._traffic_subjects()
+        wanted = set(self.request_ids)
         for record in self.decoded("audit"):
             subject = str(record["subject_id"])
             if subject not in wanted:
@@ -359,6 +364,17 @@ class Demo:
         return found
 
 
+WIDTH = 100  # columns of the summary; longer notes wrap under their column
+_ROUTER = (
+    "Every request is counted (usage, R3); what else happens to it depends on the rules"
+    " listed with it. Rows with the same routes differ in the rules that sent them there."
+)
+_RETENTION = (
+    "Retention decides a log-store record when it arrives (retained, with its expiry) and"
+    " again when it falls due 31 days later in this demo's clock (deleted, or held while a"
+    " hold covers it); a record under a longer contract (R7) is not due yet. Flagged"
+    " records also get a safety-review copy (R5)."
+)
 _TOPIC_MEANINGS = (
     ("log_store", "request logs kept for the 30 days (R4) or longer under a hold or contract"),
     ("training_candidates", "redacted prompt/generation pairs training may use (R9, R11)"),
@@ -366,7 +382,7 @@ _TOPIC_MEANINGS = (
     ("safety_review", "copies of flagged requests for the safety team (R5)"),
     ("safety_evaluation", "de-identified records for safety evaluation (R8)"),
     ("deletion_events", "one per deleted log-store record (R4, R15)"),
-    ("audit", "one per decision (R16), canary checks excluded until they run"),
+    ("audit", "one per decision of every job, never content (R16)"),
     ("dead_letters", "inputs that did not decode or validate (R17)"),
 )
 
@@ -382,16 +398,20 @@ def _table(
     notes_header: str = "",
     total: bool = True,
 ) -> list[str]:
-    """Rows of (label, count, notes), columns as wide as their longest cell, and a total."""
+    """Rows of (label, count, notes): columns as wide as their longest cell, notes wrapped
+    within ``WIDTH``, and a total line."""
     if total:
         rows = [*rows, ("total", sum(n for _, n, _ in rows), "")]
     width = max([len(label) for label, _, _ in rows] + [5])
     digits = max([len(f"{n:,}") for _, n, _ in rows] + [len(count_header)])
+    indent = 2 + width + 2 + digits + 2
     out = [f"  {'':<{width}}  {count_header:>{digits}}  {notes_header}".rstrip()]
     for i, (label, n, notes) in enumerate(rows):
         if total and i == len(rows) - 1:
             out.append(f"  {'':<{width}}  {'-' * digits}")
-        out.append(f"  {label:<{width}}  {n:>{digits},}  {notes}".rstrip())
+        wrapped = textwrap.wrap(notes, max(WIDTH - indent, 30)) or [""]
+        out.append(f"  {label:<{width}}  {n:>{digits},}  {wrapped[0]}".rstrip())
+        out += [" " * indent + more for more in wrapped[1:]]
     return out
 
 
