@@ -72,14 +72,24 @@ def merge(stored: bytes | None, record: Mapping[str, Any]) -> bytes:
     return json.dumps(decisions, separators=(",", ":"), sort_keys=True).encode()
 
 
+# Decisions made in the same millisecond are shown in the order the pipeline makes them.
+_STAGE = {"router": 0, "retention": 1, "usage": 2, "safety-evaluation": 3}
+# Epoch milliseconds in a reason ("R4: retained until 1799132183295"), years 2001 to 2286.
+_EPOCH_MS = re.compile(r"\b[1-9]\d{12}\b")
+
+
 def explanation(subject_id: str, stored: bytes | None) -> dict[str, Any]:
-    """The JSON answer: every decision about the subject, oldest first, times in ISO 8601."""
+    """The JSON answer: every decision about the subject, oldest first, times in ISO 8601
+    (the times inside the reasons too)."""
     decisions = sorted(
         (json.loads(stored) if stored else {}).values(),
-        key=lambda d: (d["decided_at_ms"], d["decision_id"]),
+        key=lambda d: (d["decided_at_ms"], _STAGE.get(d["job"], 9), d["decision_id"]),
     )
     for decision in decisions:
         decision["decided_at"] = iso(decision.pop("decided_at_ms"))
+        decision["reasons"] = [
+            _EPOCH_MS.sub(lambda m: iso(int(m.group())), reason) for reason in decision["reasons"]
+        ]
     return {"subject_id": subject_id, "found": bool(decisions), "decisions": decisions}
 
 

@@ -85,3 +85,21 @@ def test_stack_exports_are_shell_lines() -> None:
         "export STREAMS_EXPLAIN_URL=http://e",
         "export STREAMS_TOPIC_PREFIX=demo1.",
     ]
+
+
+def test_explanation_orders_the_pipeline_and_shows_iso_times_in_reasons_R16() -> None:
+    from streams.jobs.audit_index import explanation, merge
+
+    def record(job: str, decision_id: str, reason: str) -> dict[str, object]:
+        return {
+            "decision_id": decision_id,
+            "job": job,
+            "decided_at_ms": 1_780_000_000_000,
+            "reasons": [reason],
+        }
+
+    stored = merge(None, record("retention", "a", "R4: retained until 1799132183295"))
+    stored = merge(stored, record("router", "b", "R9: training candidate"))
+    answer = explanation("r-1", stored)
+    assert [d["job"] for d in answer["decisions"]] == ["router", "retention"]
+    assert answer["decisions"][1]["reasons"] == ["R4: retained until 2027-01-05T06:56:23.295Z"]
