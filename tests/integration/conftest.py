@@ -7,15 +7,21 @@ own KRaft broker, a Docker testcontainer, or ``KAFKA_BOOTSTRAP_SERVERS``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from streams.infra.broker import free_port
+from streams.jobs.processes import stop_jobs
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology, ensure_topics, key_for
@@ -119,3 +125,28 @@ def make_stack(bootstrap: str, registry_url: str) -> Stack:
 @pytest.fixture()
 def stack(kafka_bootstrap: str, schema_registry_url: str) -> Stack:
     return make_stack(kafka_bootstrap, schema_registry_url)
+
+
+@contextmanager
+def explain_service(stack: Stack, work_dir: Path) -> Iterator[str]:
+    """The audit index and its web views over the stack's audit topic, as deployed
+    (``streams run audit-index``); yields its base URL. Its log is ``work_dir/index.log``."""
+    port = free_port()
+    with (work_dir / "index.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "run", "audit-index"],
+            env={
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+                "SCHEMA_REGISTRY_URL": stack.registry_url,
+                "STREAMS_TOPIC_PREFIX": stack.topology.prefix,
+                "STREAMS_STATE_DIR": str(work_dir / "state"),
+                "STREAMS_EXPLAIN_PORT": str(port),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_jobs([process])

@@ -7,19 +7,15 @@ follows a rule link to its text on /policy. Needs ``chromium`` and ``chromium-dr
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.infra.broker import free_port
 from streams.policy.audit import Source, audit_record
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, explain_service
 from tests.integration.test_audit_index import explain
 
 pytestmark = pytest.mark.integration
@@ -53,31 +49,8 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture()
 def service(stack: Stack, tmp_path: Path) -> Iterator[str]:
-    """The audit index and its web views over the test's audit topic."""
-    port = free_port()
-    with (tmp_path / "index.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "run", "audit-index"],
-            env={
-                **os.environ,
-                "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-                "SCHEMA_REGISTRY_URL": stack.registry_url,
-                "STREAMS_TOPIC_PREFIX": stack.topology.prefix,
-                "STREAMS_STATE_DIR": str(tmp_path / "state"),
-                "STREAMS_EXPLAIN_PORT": str(port),
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    with explain_service(stack, tmp_path) as url:
+        yield url
 
 
 def test_a_person_explains_a_request_in_the_browser_R16(
