@@ -14,11 +14,9 @@ started only when a test asks for it.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -42,26 +40,12 @@ def _docker_available() -> bool:
         return False
 
 
-@contextmanager
-def _clients_first() -> Iterator[None]:
-    """Destroy the session's leftover Kafka clients while their broker still answers.
-
-    A job loop and its client callbacks form reference cycles, so their librdkafka clients
-    live on until the cyclic GC runs; if that is after the broker stopped, each of them
-    logs a refused reconnect ("Connect to ... failed") at the end of the run."""
-    try:
-        yield
-    finally:
-        gc.collect()
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """``host:port`` of a real broker for the whole session (see the module docstring)."""
     address = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if address:
-        with _clients_first():
-            yield address
+        yield address
         return
     # Jars named by STREAMS_KAFKA_LIBS (infra/kafka/compat-check) mean: run exactly those.
     if not os.environ.get(LIBS_ENV) and _docker_available():
@@ -75,10 +59,10 @@ def kafka_bootstrap() -> Iterator[str]:
             .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
             .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
         )
-        with container, _clients_first():
+        with container:
             yield container.get_bootstrap_server()
         return
-    with LocalKafka() as kafka, _clients_first():
+    with LocalKafka() as kafka:
         log.info(
             "session broker: Kafka %s ready in %.2fs", kafka.kafka_version, kafka.startup_seconds
         )
@@ -94,5 +78,5 @@ def kafka_authenticated() -> Iterator[LocalKafka]:
     ``kafka.client_config("alice")`` (confluent-kafka) or ``kafka.aiokafka_config("alice")``.
     Tests share it, so each should use its own topic and group names.
     """
-    with LocalKafka(authenticated=True, users=AUTHENTICATED_USERS) as kafka, _clients_first():
+    with LocalKafka(authenticated=True, users=AUTHENTICATED_USERS) as kafka:
         yield kafka
