@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from streams.jobs.processes import stop_jobs
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology, ensure_topics, key_for
+from streams.policy.audit import Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.settings import Settings
 
@@ -150,3 +152,26 @@ def explain_service(stack: Stack, work_dir: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_jobs([process])
+
+
+def audit_decision(
+    subject_id: str,
+    job: str = "router",
+    routes: tuple[str, ...] = ("usage",),
+    rules: tuple[str, ...] = ("R2", "R3"),
+    decided_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """An audit record (R16) as a job writes it, with a reason naming its first rule."""
+    return audit_record(
+        job=job,
+        source=Source("request-logs", 0, 7),
+        subject_id=subject_id,
+        subject_kind="request",
+        org_id="org-1",
+        routes=routes,
+        rule_ids=rules,
+        reasons=(f"{rules[0]}: decided in a test",),
+        consent_version="c-1",
+        policy_version="test",
+        decided_at_ms=int(time.time() * 1000) if decided_at_ms is None else decided_at_ms,
+    )

@@ -21,8 +21,7 @@ from streams.cli import main
 from streams.infra.broker import free_port
 from streams.kafka.serde import registry_client
 from streams.kafka.topics import Topology, ensure_topics
-from streams.policy.audit import Source, audit_record
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, audit_decision
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +29,7 @@ NOW = int(time.time() * 1000)
 
 
 def decision(subject_id: str, job: str, routes: tuple[str, ...], rules: tuple[str, ...]) -> dict:
-    return audit_record(
-        job=job,
-        source=Source("request-logs", 0, 7),
-        subject_id=subject_id,
-        subject_kind="request",
-        org_id="org-1",
-        routes=routes,
-        rule_ids=rules,
-        reasons=(f"{rules[0]}: decided in a test",),
-        consent_version="c-1",
-        policy_version="test",
-        decided_at_ms=NOW if job == "router" else NOW + 1000,
-    )
+    return audit_decision(subject_id, job, routes, rules, NOW if job == "router" else NOW + 1000)
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

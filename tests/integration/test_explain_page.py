@@ -8,14 +8,12 @@ follows a rule link to its text on /policy. Needs ``chromium`` and ``chromium-dr
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.policy.audit import Source, audit_record
-from tests.integration.conftest import Stack, explain_service
+from tests.integration.conftest import Stack, audit_decision, explain_service
 from tests.integration.test_audit_index import explain
 
 pytestmark = pytest.mark.integration
@@ -61,20 +59,7 @@ def test_a_person_explains_a_request_in_the_browser_R16(
     from selenium.webdriver.remote.webdriver import WebDriver
 
     assert isinstance(browser, WebDriver)
-    now = int(time.time() * 1000)
-    record = audit_record(
-        job="router",
-        source=Source("request-logs", 0, 1),
-        subject_id="r-zdr",
-        subject_kind="request",
-        org_id="org-zdr",
-        routes=("usage",),
-        rule_ids=("R2", "R3"),
-        reasons=("R2: zero data retention in effect: nothing but usage",),
-        consent_version="c-1",
-        policy_version="test",
-        decided_at_ms=now,
-    )
+    record = audit_decision("r-zdr", rules=("R2", "R3"))
     stack.produce("audit", [("r-zdr", record)])
     explain(service, "r-zdr")  # indexed
 

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from streams.kafka.serde import Contracts, registry_client
 from streams.kafka.topics import Topology
-from streams.policy.audit import Source, audit_record
+from tests.integration.conftest import audit_decision
 
 pytestmark = pytest.mark.integration
 
@@ -51,19 +51,7 @@ def test_stack_up_env_explain_down_R16(tmp_path: Path) -> None:
         assert streams("stack", "env", env=env).stdout == up.stdout
         topology = Topology("")
         codec = Contracts(registry_client(exports["SCHEMA_REGISTRY_URL"]), topology).reader("audit")
-        record = audit_record(
-            job="router",
-            source=Source("request-logs", 0, 0),
-            subject_id="r-stack",
-            subject_kind="request",
-            org_id="org-1",
-            routes=("usage",),
-            rule_ids=("R2", "R3"),
-            reasons=("R2: zero data retention",),
-            consent_version="c",
-            policy_version="t",
-            decided_at_ms=int(time.time() * 1000),
-        )
+        record = audit_decision("r-stack")
         producer = Producer({"bootstrap.servers": exports["KAFKA_BOOTSTRAP_SERVERS"]})
         producer.produce(topology.audit, key="r-stack", value=codec.encode(record))
         assert producer.flush(30) == 0
