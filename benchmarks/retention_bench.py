@@ -1,20 +1,23 @@
-"""Retention job: memory per tracked record and expiries per second when everything falls due.
+"""Retention job at a provider's scale: state on disk, expiries per second, restarts.
 
 Two parts, one run:
 
-1. Pure logic (``streams.policy.retention``) with 1,000,000 tracked records, stored the
-   way the job's faust table holds them (request id -> encoded row) plus the expiry
-   schedule: memory per tracked record (RSS delta and tracemalloc on a sample), tracking
-   rate, and deletions per second when all of them fall due at once. Baseline in the same
-   run: a dict of the same rows filled and emptied without any policy.
+1. The job's state (``BookStore`` on ``DiskStores``, RocksDB) with ``--tracked`` records
+   (default 10,000,000) over 6 partitions, fed through the policy's ``RetentionBook`` the
+   way the job feeds it (writes committed in batches): tracking rate, process RSS, disk per
+   tracked record (indexes included), the time an org-wide flag and an account deletion
+   take to find the org's records, and deletions/s when a tenth falls due at once.
+   Baseline in the same run: the same code on the in-memory store (``MemoryStore``, what
+   the job kept in RAM before), for ``--baseline`` records (default 1,000,000).
 
-2. The real job (a worker process, faust, the real broker) with ``--records`` retained
-   records (default 50,000): the worker's RSS growth per tracked record, then the clock is
-   moved past every expiry and the time until every deletion event is written gives
-   expiries/s. Baseline in the same run: a plain confluent-kafka produce of the same output
-   volume (tombstone + deletion event + audit record per expiry).
+2. The real job (a worker process, the real broker) with ``--records`` retained records
+   (default 200,000): tracking rate end to end (log store in, audit out), worker RSS,
+   restart after SIGKILL with its disk (time to its first expiry), restart with its disk
+   lost (restore from the changelog), and expiries/s when every record falls due at once.
+   Baseline in the same run: a plain confluent-kafka produce of the same output records
+   (tombstone + deletion event + audit record per expiry).
 
-    .venv/bin/python benchmarks/retention_bench.py [--pure 1000000] [--records 50000]
+    .venv/bin/python benchmarks/retention_bench.py [--tracked 10000000] [--records 200000]
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` when set, otherwise starts the
 project's local broker and gives the worker and this script twin in-memory registries.
@@ -26,15 +29,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,16 +45,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
-from streams.jobs.retention import StagedStore, write_clock  # noqa: E402
+from streams.jobs.retention import BookStore, write_clock  # noqa: E402
 from streams.kafka.faust_app import partition_for  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
+from streams.kafka.state import DiskStores, KeyValueStore, MemoryStore  # noqa: E402
 from streams.kafka.topics import Topology, ensure_topics  # noqa: E402
 from streams.policy.audit import Source, audit_record  # noqa: E402
 from streams.policy.config import PolicyConfig  # noqa: E402
-from streams.policy.models import DAY_MS  # noqa: E402
-from streams.policy.retention import DictStore, RetentionBook, Tracked  # noqa: E402
+from streams.policy.models import DAY_MS, AccountDeletionRequest  # noqa: E402
+from streams.policy.retention import RetentionBook, Tracked  # noqa: E402
 
 T0 = 1_800_000_000_000
+PARTITIONS = 6
+ORGS = 5000  # org-7 holds 1 in 5,000 records
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -61,95 +67,93 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise RuntimeError("no VmRSS")
 
 
-def tracked(i: int, spread_ms: int) -> Tracked:
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def tracked(i: int, spread_ms: int, n: int) -> Tracked:
     return Tracked(
         request_id=f"req-{uuid.UUID(int=i).hex}",  # 36-char ids like real request ids
-        org_id=f"org-{i % 500}",
-        api_key_id=f"key-{i % 5000}",
-        created_at_ms=T0 + (i * spread_ms) // 1_000_000,
+        org_id=f"org-{i % ORGS}",
+        api_key_id=f"key-{i % 50_000}",
+        created_at_ms=T0 + (i * spread_ms) // n,
         retention_days=30,
-        partition=i % 6,
-        offset=i // 6,
+        partition=i % PARTITIONS,
+        offset=i // PARTITIONS,
         consent_version="consent-2026-01",
     )
 
 
-# --- 1. pure logic ------------------------------------------------------------------------
-def pure(n: int) -> dict[str, float]:
+# --- 1. the job's state ---------------------------------------------------------------------
+def state(n: int, disk: bool, tmp: Path) -> dict[str, float]:
     spread = 30 * DAY_MS  # creation times over 30 days, as in steady state
     gc.collect()
     base = rss_bytes()
-    store = DictStore()
-    book = RetentionBook(PolicyConfig(), store)
+    backend = DiskStores(tmp / "state") if disk else None
+    stores: list[KeyValueStore] = [
+        backend.open("books", p, lambda _p, start, _apply: start, T0)
+        if backend is not None
+        else MemoryStore()
+        for p in range(PARTITIONS)
+    ]
+    books = [
+        RetentionBook(PolicyConfig(), BookStore(kv, p), p, PARTITIONS)
+        for p, kv in enumerate(stores)
+    ]
+
+    def commit() -> None:
+        for kv in stores:
+            kv.take_changes()  # what the runtime writes to the changelog
+            kv.committed()
+
     started = time.perf_counter()
     for i in range(n):
-        record = tracked(i, spread)  # ids created here, owned by the store as in the job
-        store.put(record)  # what the job's table holds
-        book._schedule(record.request_id, record.expires_at_ms)  # what the book adds
+        record = tracked(i, spread, n)
+        books[record.partition].record(record, T0)
+        if i % 5000 == 4999:
+            commit()
+    commit()
     track_s = time.perf_counter() - started
-    del record
     gc.collect()
-    per_record = (rss_bytes() - base) / n
-    # tracemalloc on a sample: the same structures, 100k records.
-    sample = min(n, 100_000)
-    tracemalloc.start()
-    s_store = DictStore()
-    s_book = RetentionBook(PolicyConfig(), s_store)
-    for i in range(sample):
-        record = tracked(i, spread)
-        s_store.put(record)
-        s_book._schedule(record.request_id, record.expires_at_ms)
-    del record
-    traced = tracemalloc.get_traced_memory()[0] / sample
-    tracemalloc.stop()
-    del s_store, s_book
-    records = [tracked(i, spread) for i in range(sample)]
-    # Tracking through the full decision path (audit note, review checks) on a sample.
-    decide_store = DictStore()
-    decide_book = RetentionBook(PolicyConfig(), decide_store)
+    result: dict[str, float] = {
+        "records": n,
+        "track_per_s": n / track_s,
+        "rss_mb": rss_bytes() / 2**20,
+        "rss_growth_per_record": (rss_bytes() - base) / n,
+    }
+    if backend is not None:
+        for db in backend._dbs.values():
+            db.flush()
+        result["disk_per_record"] = disk_bytes(tmp / "state") / n
+    # An org-wide flag: every partition's book finds the org's records (index scan).
     started = time.perf_counter()
-    for record in records[:sample]:
-        decide_book.record(record, T0)
-    decide_rate = sample / (time.perf_counter() - started)
-    del decide_store, decide_book
-    # After a restart: the book rebuilt from the stored rows (faust's recovery comes first).
+    found = sum(1 for b in books for _ in b.store.scan("org-7"))
+    result["org_scan_s"] = time.perf_counter() - started
+    assert found == n // ORGS, found
+    # An account deletion: the org's records found and made due at once.
     started = time.perf_counter()
-    RetentionBook(PolicyConfig(), store)
-    rebuild_s = time.perf_counter() - started
-    # An org-wide flag: every partition's book finds the rows of one org (of 500) in the
-    # worker's table, as the job's StagedStore does it (byte filter, then decode).
-    table = SimpleNamespace(data=store.rows)
-    started = time.perf_counter()
-    flagged = sum(1 for p in range(6) for _ in StagedStore(table, table, p).scan(org_id="org-7"))
-    scan_s = time.perf_counter() - started
-    assert flagged == n // 500, flagged
-    # Everything falls due at once.
+    request = AccountDeletionRequest("d-1", "org-11", T0 + DAY_MS)
+    for b in books:
+        b.delete_account(request, T0, limit=0)
+    commit()
+    result["account_deletion_s"] = time.perf_counter() - started
+    # A tenth falls due at once: deleted in ticks of 10,000, committed per tick.
+    now = T0 + 30 * DAY_MS + spread // 10
     started = time.perf_counter()
     deleted = 0
-    while True:
-        result = book.tick(T0 + 60 * DAY_MS, limit=100_000)
-        deleted += len(result.effects)
-        if not result.more:
-            break
-    expire_s = time.perf_counter() - started
-    assert deleted == n and len(store) == 0, (deleted, len(store))
-    # Baseline: the same rows into a dict and out again, no policy.
-    rows = {r.request_id: r.encode() for r in records[:sample]}
-    started = time.perf_counter()
-    for key in list(rows):
-        Tracked.decode(key, rows.pop(key))
-    baseline_rate = sample / (time.perf_counter() - started)
-    return {
-        "records": n,
-        "bytes_per_record_rss": per_record,
-        "bytes_per_record_tracemalloc": traced,
-        "schedule_rate": n / track_s,
-        "decide_rate": decide_rate,
-        "expiries_per_s": n / expire_s,
-        "rebuild_s": rebuild_s,
-        "org_scan_s": scan_s,
-        "baseline_decode_per_s": baseline_rate,
-    }
+    for b in books:
+        while True:
+            tick = b.tick(now, limit=10_000)
+            deleted += len(tick.effects)
+            commit()
+            if not tick.more:
+                break
+    result["expiries"] = deleted
+    result["expiries_per_s"] = deleted / (time.perf_counter() - started)
+    result["rss_end_mb"] = rss_bytes() / 2**20
+    if backend is not None:
+        backend.destroy()
+    return result
 
 
 # --- 2. the real job ----------------------------------------------------------------------
@@ -178,11 +182,11 @@ def log_record(rid: str, created: int) -> dict[str, Any]:
     }
 
 
-def count_records(bootstrap: str, topic: str, partitions: int) -> int:
+def count_records(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}"})
     try:
         total = 0
-        for p in range(partitions):
+        for p in range(PARTITIONS):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             total += high - low
         return total
@@ -191,11 +195,13 @@ def count_records(bootstrap: str, topic: str, partitions: int) -> int:
 
 
 def wait_count(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> float:
+    """When ``topic`` held at least ``at_least`` records (transaction markers count too:
+    a bound that is reached a little early, never late)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if count_records(bootstrap, topic, 6) >= at_least:
+        if count_records(bootstrap, topic) >= at_least:
             return time.perf_counter()
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise TimeoutError(f"{topic}: fewer than {at_least} records after {timeout_s}s")
 
 
@@ -210,47 +216,79 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
     codec = contracts.codec("log_store")
     clock = tmp / "clock"
     write_clock(clock, T0)
+    state_dir = tmp / "state"
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "SCHEMA_REGISTRY_URL": worker_url,
         "STREAMS_TOPIC_PREFIX": topics.prefix,
         "STREAMS_CLOCK_FILE": str(clock),
-        "STREAMS_STATE_DIR": str(tmp / "state"),
-        "STREAMS_TICK_S": "0.5",
+        "STREAMS_STATE_DIR": str(state_dir),
+        "STREAMS_TICK_S": "0.25",
+        "STREAMS_TICK_LIMIT": "20000",
     }
-    worker = start_worker(env, tmp)
+    log_path = tmp / "worker.log"
+    worker = start_worker(env, log_path)
+    result: dict[str, float] = {"records": n}
     try:
-        # An idle worker first (joined, books built), then its RSS as the base.
-        wait_for_log(tmp / "worker.log", "books rebuilt", 120)
+        wait_for_log(log_path, "restored: store books", PARTITIONS, 120)
         time.sleep(2)
         base_rss = rss_bytes(worker.pid)
+        # Creation times: the first tenth a day older, so it falls due first (restarts).
+        values = [
+            (rid, codec.encode(log_record(rid, T0 - (DAY_MS if i < n // 10 else 0) + i % 1000)))
+            for i in range(n)
+            for rid in (f"req-{uuid.UUID(int=i).hex}",)
+        ]
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         started = time.perf_counter()
-        for i in range(n):
-            rid = f"req-{uuid.UUID(int=i).hex}"
-            record = log_record(rid, T0 + (i % 1000))
-            producer.produce(topics.log_store, key=rid, value=codec.encode(record))
-            if i % 10_000 == 0:
-                producer.poll(0)
-        producer.flush(60)
-        tracked_at = wait_count(bootstrap, topics.audit, n, 600)
-        track_rate = n / (tracked_at - started)
-        time.sleep(2)
-        tracked_rss = rss_bytes(worker.pid)
-        # A crash and restart: time until the tables are recovered from their changelogs
-        # and every book is rebuilt.
+        for rid, value in values:
+            while True:
+                try:
+                    producer.produce(topics.log_store, key=rid, value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush(120)
+        del values
+        tracked_at = wait_count(bootstrap, topics.audit, n, 900)
+        result["track_per_s"] = n / (tracked_at - started)
+        time.sleep(3)
+        result["worker_rss_mb"] = rss_bytes(worker.pid) / 2**20
+        result["worker_rss_growth_per_record"] = (rss_bytes(worker.pid) - base_rss) / n
+        result["disk_per_record"] = disk_bytes(state_dir) / n
+
+        # SIGKILL, then a restart with the disk: the first tenth falls due meanwhile.
         worker.kill()
         worker.wait(30)
+        write_clock(clock, T0 + 29 * DAY_MS + 1000)
         started = time.perf_counter()
-        worker = start_worker(env, tmp)
-        wait_for_log(tmp / "worker.log", f"{n} tracked records", 600)
-        recovery_s = time.perf_counter() - started
-        # Everything falls due: from the clock's move to the last deletion event.
+        worker = start_worker(env, log_path)
+        wait_count(bootstrap, topics.deletion_events, 1, 120)
+        result["warm_first_expiry_s"] = time.perf_counter() - started
+        wait_count(bootstrap, topics.deletion_events, n // 10, 300)
+
+        # SIGKILL, disk lost: the partitions are rebuilt from the changelog.
+        worker.kill()
+        worker.wait(30)
+        shutil.rmtree(state_dir)
+        started = time.perf_counter()
+        restored = log_path.read_text(errors="replace").count("restored: store books")
+        worker = start_worker(env, log_path)
+        wait_for_log(log_path, "restored: store books", restored + PARTITIONS, 900)
+        result["cold_restore_s"] = time.perf_counter() - started
+        pattern = r"restored: store books, \d+ entries, (\d+) replayed"
+        replayed = re.findall(pattern, _tail(log_path))
+        result["cold_replayed"] = sum(int(r) for r in replayed[-PARTITIONS:])
+
+        # Everything else falls due at once: from the clock's move to the last deletion.
+        before = count_records(bootstrap, topics.deletion_events)
         started = time.perf_counter()
         write_clock(clock, T0 + 30 * DAY_MS + 1000)
-        done = wait_count(bootstrap, topics.deletion_events, n, 600)
-        expiry_rate = n / (done - started)
+        done = wait_count(bootstrap, topics.deletion_events, before + n - n // 10, 900)
+        result["burst"] = n - n // 10
+        result["burst_s"] = done - started
+        result["expiries_per_s"] = (n - n // 10) / (done - started)
     finally:
         worker.terminate()
         try:
@@ -258,21 +296,32 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait(10)
-            print(f"worker did not stop on SIGTERM; see {tmp / 'worker.log'}", file=sys.stderr)
-    # Baseline: the same output volume written by a plain producer, same run.
-    prefix = f"bench-base{uuid.uuid4().hex[:6]}."
-    base_topics = Topology(prefix)
+            print(f"worker did not stop on SIGTERM; see {log_path}", file=sys.stderr)
+    result["baseline_per_s"] = baseline(bootstrap, test_url, n - n // 10)
+    return result
+
+
+def baseline(bootstrap: str, registry_url: str, n: int) -> float:
+    """The same output records written by a plain producer (acks=all), same run."""
+    base_topics = Topology(f"bench-base{uuid.uuid4().hex[:6]}.")
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), base_topics)
-    base_contracts = Contracts(registry_client(test_url), base_topics)
+    base_contracts = Contracts(registry_client(registry_url), base_topics)
     deletion_codec = base_contracts.codec("deletion_events")
     audit_codec = base_contracts.codec("audit")
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+
+    def produce(topic: str, key: str, value: bytes | None, partition: int = -1) -> None:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, partition=partition)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
     started = time.perf_counter()
     for i in range(n):
         rid = f"req-{uuid.UUID(int=i).hex}"
-        producer.produce(
-            base_topics.log_store, key=rid, value=None, partition=partition_for(rid, 6)
-        )
+        produce(base_topics.log_store, rid, None, partition_for(rid, PARTITIONS))
         event = {
             "request_id": rid,
             "org_id": "org-1",
@@ -281,10 +330,10 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
             "deleted_at_ms": T0,
             "policy_version": "bench",
         }
-        producer.produce(base_topics.deletion_events, key=rid, value=deletion_codec.encode(event))
+        produce(base_topics.deletion_events, rid, deletion_codec.encode(event))
         audit = audit_record(
             job="bench",
-            source=Source(base_topics.log_store, i % 6, i),
+            source=Source(base_topics.log_store, i % PARTITIONS, i),
             subject_id=rid,
             subject_kind="log_record",
             org_id="org-1",
@@ -295,56 +344,64 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
             policy_version="bench",
             decided_at_ms=T0,
         )
-        producer.produce(base_topics.audit, key=rid, value=audit_codec.encode(audit))
-        if i % 10_000 == 0:
-            producer.poll(0)
+        produce(base_topics.audit, rid, audit_codec.encode(audit))
     producer.flush(120)
-    baseline_rate = n / (time.perf_counter() - started)
-    return {
-        "records": n,
-        "job_track_per_s": track_rate,
-        "job_rss_bytes_per_record": (tracked_rss - base_rss) / n,
-        "job_expiries_per_s": expiry_rate,
-        "job_restart_recovery_s": recovery_s,
-        "baseline_plain_produce_expiries_per_s": baseline_rate,
-    }
+    return n / (time.perf_counter() - started)
 
 
-def start_worker(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "run", "retention"],
         env=env,
-        stdout=open(tmp / "worker.log", "ab"),  # noqa: SIM115
+        stdout=open(log_path, "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
 
 
-def wait_for_log(path: Path, text: str, timeout_s: float) -> None:
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def wait_for_log(path: Path, text: str, times: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
+        if path.exists() and path.read_text(errors="replace").count(text) >= times:
             return
-        time.sleep(0.2)
-    raise TimeoutError(f"worker did not log {text!r}; see {path}")
+        time.sleep(0.1)
+    raise TimeoutError(f"worker did not log {text!r} {times} times; see {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pure", type=int, default=1_000_000)
-    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--tracked", type=int, default=10_000_000)
+    parser.add_argument("--baseline", type=int, default=1_000_000)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--skip-state", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()
-    p = pure(args.pure)
-    print(f"pure logic, {p['records']:,} tracked records")
-    print(f"  memory per tracked record   {p['bytes_per_record_rss']:8.0f} B (RSS delta)")
-    print(f"                              {p['bytes_per_record_tracemalloc']:8.0f} B (tracemalloc)")
-    print(f"  scheduling                  {p['schedule_rate']:12,.0f} records/s")
-    print(f"  full decision on arrival    {p['decide_rate']:12,.0f} records/s")
-    print(f"  book rebuilt after restart  {p['rebuild_s']:12.1f} s")
-    print(f"  org-wide flag, 6 partitions {p['org_scan_s']:12.1f} s to find the org's records")
-    print(f"  expiry, all due at once     {p['expiries_per_s']:12,.0f} deletions/s")
-    print(f"  baseline: row decode only   {p['baseline_decode_per_s']:12,.0f} rows/s")
-    print(f"  ratio expiry / baseline     {p['expiries_per_s'] / p['baseline_decode_per_s']:.2f}")
+    tmp = Path(tempfile.mkdtemp(prefix="retention-bench-"))
+    if not args.skip_state:
+        mem = state(args.baseline, disk=False, tmp=tmp)
+        gc.collect()
+        disk = state(args.tracked, disk=True, tmp=tmp)
+        print(f"job state, {disk['records']:,.0f} tracked records on disk (RocksDB)")
+        print(f"  tracking               {disk['track_per_s']:10,.0f} records/s")
+        print(f"  process RSS            {disk['rss_mb']:10,.0f} MB (end {disk['rss_end_mb']:.0f})")
+        print(f"  disk, indexes included {disk['disk_per_record']:10.0f} B per tracked record")
+        print(f"  org-wide flag finds    {disk['org_scan_s']:10.3f} s (1 in {ORGS:,} records)")
+        print(f"  account deletion       {disk['account_deletion_s']:10.3f} s (found + made due)")
+        print(
+            f"  a tenth due at once    {disk['expiries_per_s']:10,.0f} deletions/s"
+            f" ({disk['expiries']:,.0f})"
+        )
+        print(f"baseline: the same code in memory, {mem['records']:,.0f} records")
+        print(f"  tracking               {mem['track_per_s']:10,.0f} records/s")
+        print(f"  RSS growth             {mem['rss_growth_per_record']:10.0f} B per record")
+        print(f"  a tenth due at once    {mem['expiries_per_s']:10,.0f} deletions/s")
+        print(
+            f"  ratios disk/memory: tracking {disk['track_per_s'] / mem['track_per_s']:.2f},"
+            f" expiry {disk['expiries_per_s'] / mem['expiries_per_s']:.2f}"
+        )
     if args.skip_real:
         return
     with ExitStack() as stack:
@@ -353,19 +410,29 @@ def main() -> None:
             from streams.infra.broker import LocalKafka
 
             bootstrap = stack.enter_context(LocalKafka()).bootstrap_servers
-        tmp = Path(tempfile.mkdtemp(prefix="retention-bench-"))
         r = real(bootstrap, os.environ.get("SCHEMA_REGISTRY_URL"), args.records, tmp)
-    print(f"real job (faust worker, local broker), {r['records']:,} records")
-    print(f"  tracking (log store -> audit) {r['job_track_per_s']:10,.0f} records/s")
-    print(f"  worker RSS per tracked record {r['job_rss_bytes_per_record']:10.0f} B")
-    print(f"  restart after SIGKILL         {r['job_restart_recovery_s']:10.1f} s to recover all")
-    print(f"  expiries written              {r['job_expiries_per_s']:10,.0f} records/s")
+    print(f"real job (worker process, local broker), {r['records']:,.0f} records")
+    print(f"  tracking (log store -> audit) {r['track_per_s']:10,.0f} records/s")
     print(
-        f"  baseline plain produce        {r['baseline_plain_produce_expiries_per_s']:10,.0f}"
-        " records/s (tombstone + deletion event + audit each)"
+        f"  worker RSS                    {r['worker_rss_mb']:10,.0f} MB"
+        f" ({r['worker_rss_growth_per_record']:.0f} B per tracked record)"
     )
-    ratio = r["job_expiries_per_s"] / r["baseline_plain_produce_expiries_per_s"]
-    print(f"  ratio job / baseline          {ratio:.2f}")
+    print(f"  disk                          {r['disk_per_record']:10.0f} B per tracked record")
+    print(f"  restart after SIGKILL, disk   {r['warm_first_expiry_s']:10.1f} s to the first expiry")
+    print(
+        f"  restart, disk lost            {r['cold_restore_s']:10.1f} s to restore"
+        f" ({r['cold_replayed']:,.0f} changelog records)"
+    )
+    print(
+        f"  {r['burst']:,.0f} due at once          {r['burst_s']:10.1f} s:"
+        f" {r['expiries_per_s']:,.0f} expiries/s"
+    )
+    print(
+        f"  baseline plain produce        {r['baseline_per_s']:10,.0f} expiries/s"
+        " (tombstone + deletion event + audit each)"
+    )
+    print(f"  ratio job / baseline          {r['expiries_per_s'] / r['baseline_per_s']:.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -140,14 +140,13 @@ def run_job(job: str, settings: Settings) -> None:
 
         audit_index.serve(settings)
         return
+    from streams.jobs.wiring import runtime_of, serve
+
     if job == "retention":
         from streams.jobs import retention
 
-        retention.run(settings)  # faust, until the retention issue moves it onto the runtime
-        return
-    from streams.jobs.wiring import runtime_of, serve
-
-    if job == "router":
+        retention.run(settings)
+    elif job == "router":
         from streams.jobs.router import build_router_loop
 
         serve(build_router_loop(settings)[0], settings)

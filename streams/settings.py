@@ -14,10 +14,9 @@ Environment (a flag of ``streams`` wins over its variable):
     STREAMS_METRICS_PORT                          Prometheus endpoint; 0 any free port, off
     STREAMS_EXIT_WHEN_STUCK_S                     exit when a transaction is stuck (60 s)
     STREAMS_REDACTION_PROCESSES                   router: offload processes (cores - 1)
-    STREAMS_STATE_DIR                             retention: its on-disk state
+    STREAMS_STATE_DIR                             retention: its on-disk state (RocksDB)
     STREAMS_CLOCK_FILE                            tests: "now" read from this file
-    STREAMS_TICK_S, STREAMS_TICK_LIMIT,           retention: expiry ticks, their size and
-    STREAMS_PROCESSING_GUARANTEE                  its faust guarantee
+    STREAMS_TICK_S, STREAMS_TICK_LIMIT            retention: expiry ticks and their size
 
 The client security settings (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``) are read where
 the clients are configured (``streams.kafka.clients``), so a password never sits in here.
@@ -54,7 +53,6 @@ class Settings:
     clock_file: Path | None = None
     tick_interval_s: float = 1.0
     tick_limit: int = 2000
-    processing_guarantee: str = "at_least_once"
 
     @classmethod
     def read(
@@ -101,7 +99,6 @@ class Settings:
                 clock_file=None if clock_file is None else Path(clock_file),
                 tick_interval_s=float(text("STREAMS_TICK_S") or "1.0"),
                 tick_limit=int(text("STREAMS_TICK_LIMIT") or "2000"),
-                processing_guarantee=text("STREAMS_PROCESSING_GUARANTEE") or "at_least_once",
             )
         except ValueError as exc:
             raise SettingsError(f"malformed setting: {exc}") from None

@@ -1,88 +1,91 @@
 """The retention job: R4 expiry, R5 misuse holds and safety review, R6 legal holds, R7
-contract retention, R15 account deletion; R16 audit and R17 dead letters. Built on faust.
+contract retention, R15 account deletion; R16 audit and R17 dead letters.
 
-Topology (one faust app; consumer group and app id ``<prefix>retention.faust``)::
+Runs on ``streams.kafka.runtime`` (exactly once): the job's outputs (log-store tombstones,
+deletion events, safety-review copies, audit records, dead letters), its state changelog
+and the consumed log-store offsets are written in one Kafka transaction. A SIGKILL
+repeats nothing and loses nothing.
 
-  misuse-flags, legal-holds, account-deletions   (1 partition each, compacted)
-     -- controls agent: decode, validate (R17), broadcast -->  <prefix>retention.commands
-  log-store (P partitions, compacted, keyed by request id)  +  retention.commands (P partitions)
-     -- retention agent: one RetentionBook per partition -->   log-store tombstones,
-                                                                deletion-events, safety-review,
-                                                                audit-decisions, dead-letters
-  timer (every ``tick_interval_s``): a tick carrying the clock's "now" to every commands
-     partition this worker owns; a tick deletes what is due (at most ``tick_limit``, then
-     it sends itself a follow-up tick)
+Topology::
 
-State: two faust tables, changelog-backed and co-partitioned with the log store:
-``tracked`` (request id -> ids, times, log-store offset; never content) and ``facts``
-(the holds and deletions each partition was told about). A partition's book is rebuilt
-from them after a restart or a rebalance.
+  log-store (P partitions, compacted, keyed by request id)
+     -- one RetentionBook per partition -->   log-store tombstones, deletion-events,
+                                              safety-review, audit-decisions, dead-letters
+  misuse-flags, legal-holds, account-deletions (compacted)
+     -- read in full by every worker (``CompactedReader``), applied to each book it owns once
+
+State: the store ``books`` (changelog ``<prefix>retention.books``, co-partitioned with the
+log store), on disk (``streams.kafka.state.DiskStores``, RocksDB): per partition the
+tracked records (ids, times, log-store offset; never content), an org/creation-time index,
+the expiry schedule in time order, the records held past their expiry, and the facts the
+book applied. A tick reads only the schedule entries that are due; an org-wide hold or an
+account deletion reads only the org's index. Memory holds only the holds and deletions.
+
+Facts before deletions (R5/R6/R15): a tick deletes only what was due at an instant up to
+which every published fact has been read and applied (``ReadBarrier``'s end offsets, asked
+without waiting): a flag raised a millisecond before a record's expiry holds it.
 
 Content for safety review (R5) is never kept in state: the tracked offset is read back
 from the log store (compaction keeps the latest value of a key, and the tracked offset is
-that value's until the job itself tombstones it).
+that value's until the job itself tombstones it). Tracking a record decodes its value but
+keeps only ids and times.
 
-Delivery: at-least-once with idempotent outputs (see ``streams.policy.retention``): for
-each batch of events the job writes every output, waits for the broker's
-acknowledgements, and only then writes its table changes (and faust commits the batch's
-offsets after that), so a crash can repeat an output but never lose a deletion.
-faust-streaming's own ``exactly_once`` was tried and fails a SIGKILL test (see
-``tests/integration/test_retention_job.py::test_faust_exactly_once_probe_R4``).
-Tombstones and deletion events are keyed by request id, reviews by flag/request id, audit
-records carry a decision id derived from the input's coordinates.
-
-Time: ``now`` comes from an injectable clock. ``--clock-file`` (``STREAMS_CLOCK_FILE``)
-points to a file holding epoch milliseconds, so a test can move time forward while the
-job runs as a separate process.
+Time: ``now`` comes from an injectable clock (``STREAMS_CLOCK_FILE``: epoch milliseconds in
+a file, so a test can move time forward while the job runs as a separate process).
 
 Run one worker:  streams run retention
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
+import marshal
+import struct
+import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import faust
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from faust.types import TP, EventT
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streams.kafka.clients import client_config
-from streams.kafka.faust_app import (
-    AT_LEAST_ONCE,
-    FaustSettings,
-    build_app,
-    ensure_topic,
-    partition_counts,
-    partition_for,
-    raw_topic,
+from streams.kafka.compacted import CompactedReader, PendingEnds
+from streams.kafka.metrics import JobMetrics
+from streams.kafka.runtime import (
+    Context,
+    JobSpec,
+    KeyValueStore,
+    Punctuator,
+    Runtime,
+    StoreSpec,
+    wall_clock_ms,
 )
-from streams.kafka.metrics import DISABLED, JobMetrics
 from streams.kafka.runtime import FileClock as FileClock  # tests and benchmarks use it here
-from streams.kafka.runtime import wall_clock_ms
 from streams.kafka.runtime import write_clock as write_clock
-from streams.kafka.serde import Codec, Contracts, DecodeError, registry_client
+from streams.kafka.serde import Codec, Contracts, DecodeError
+from streams.kafka.state import DiskStores
 from streams.kafka.topics import (
     RETENTION,
     ROLL_KEY,
     Topology,
     deletion_bound_ms,
-    internal_topic,
     key_for,
     roll_interval_ms,
 )
-from streams.policy.audit import Source, audit_record, dead_letter_decision
+from streams.policy.audit import Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag, validate_legal_hold
-from streams.policy.models import DAY_MS, AccountDeletionRequest, InvalidRecord
+from streams.policy.models import (
+    DAY_MS,
+    AccountDeletionRequest,
+    InvalidRecord,
+    LegalHold,
+    MisuseFlag,
+)
 from streams.policy.retention import (
     Deletion,
     Effect,
@@ -97,27 +100,31 @@ from streams.settings import Settings
 
 log = logging.getLogger("streams.retention")
 
-JOB = "retention"
+JOB = RETENTION
+BOOKS = "books"  # the store; its changelog is ``<prefix>retention.books``
 _CONTROL_FIELDS = ("misuse_flags", "legal_holds", "account_deletions")
-_OUTPUT_FIELDS = ("log_store", "deletion_events", "safety_review", "audit", "dead_letters")
-_SEP = "\x1f"
+_OPS = {"misuse_flags": "flag", "legal_holds": "legal", "account_deletions": "deletion"}
+_ASK_EVERY_S = 0.1
+TRACKED_FIELDS = (
+    "request_id",
+    "org_id",
+    "api_key_id",
+    "created_at_ms",
+    "retention_days",
+    "consent_version",
+)  # how often the facts' end offsets are asked for the tick barrier
 
 
-# --- clock -------------------------------------------------------------------------------
 # --- settings ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
-    bootstrap_servers: str
-    registry_url: str
     config: PolicyConfig
     topology: Topology
     state_dir: Path
-    clock: Callable[[], int] = wall_clock_ms
     tick_interval_s: float = 1.0
-    tick_limit: int = 2000  # deletions per tick; a backlog continues in follow-up ticks
-    batch_size: int = 1000  # events decided before one wait for the broker's acknowledgements
-    processing_guarantee: str = AT_LEAST_ONCE
-    faust_extra: Mapping[str, Any] = field(default_factory=dict)
+    tick_limit: int = 2000  # deletions per partition and tick; a backlog goes on next turn
+    batch_size: int = 5000
+    memory_mb: int = 96  # RocksDB write buffers and block cache, for every partition
     # R4/R15: deleted content unreadable within this many ms (``STREAMS_DELETION_BOUND_MS``;
     # the topics' configs are made for it by ``streams topics``).
     deletion_bound: int = field(default_factory=deletion_bound_ms)
@@ -128,116 +135,190 @@ class RetentionSettings:
             raise ValueError("tick_interval_s too long for PolicyConfig.deletion_bound_ms")
 
 
-def commands_topic_name(topology: Topology) -> str:
-    """``<prefix>retention.commands``: job-internal, only the retention role may use it."""
-    return internal_topic(topology, RETENTION, "commands")
+# --- the book's store ----------------------------------------------------------------------
+_TIME = struct.Struct(">Q")
 
 
-# --- state -------------------------------------------------------------------------------
-class StagedStore:
-    """A partition's view of the job's tables; writes wait in an overlay until ``commit``.
+def _ms(value: int) -> bytes:
+    return _TIME.pack(min(max(value, 0), 2**64 - 1))
 
-    R4 at-least-once: ``commit`` runs only after the broker acknowledged every output of
-    the decisions, so the changelog never records a deletion whose tombstone was lost.
-    Writes of the event being decided sit in a second overlay that ``end_event`` keeps or
-    drops, so a failed decision leaves nothing behind.
 
-    ``commit`` writes the table's local store and its changelog partition directly (the
-    partition is the log-store partition, exactly what faust would pick inside the event),
-    so a whole batch of events can be committed at once.
+class BookStore:
+    """The ``TrackedStore`` of one partition's book, in a runtime ``KeyValueStore``:
+
+    - ``r<request id>``  -> the tracked record (marshal; ids, times, offset, reviews)
+    - ``o<org>\\0<created ms><request id>`` (index: an org's records in creation order)
+    - ``e<due ms><request id>`` (the schedule, in time order)
+    - ``h<request id>`` -> the hold ids of a record due but held
+    - ``f<fact key>`` -> a fact the book applied (JSON)
+
+    Times are 8-byte big-endian so byte order is time order.
     """
 
-    def __init__(self, rows: Any, facts: Any, partition: int) -> None:
-        self._rows = rows
-        self._facts = facts
+    def __init__(self, kv: KeyValueStore, partition: int) -> None:
+        self.kv = kv
         self.partition = partition
-        self._prefix = f"{partition}{_SEP}"
-        self._pending: dict[str, bytes | None] = {}
-        self._pending_facts: dict[str, bytes] = {}
-        self._event: dict[str, bytes | None] = {}
-        self._event_facts: dict[str, bytes] = {}
 
     def get(self, request_id: str) -> Tracked | None:
-        if request_id in self._event:
-            data = self._event[request_id]
-        elif request_id in self._pending:
-            data = self._pending[request_id]
-        else:
-            data = self._rows.data.get(request_id)
-        if data is None:
-            return None
-        record = Tracked.decode(request_id, data)
-        # The table holds every local partition; a book sees its own partition's rows only.
-        return record if record.partition == self.partition else None
+        data = self.kv.get(b"r" + request_id.encode())
+        return None if data is None else self._decode(request_id, data)
+
+    def _decode(self, request_id: str, data: bytes) -> Tracked:
+        org, api_key, created, days, offset, reviewed, consent = marshal.loads(data)
+        return Tracked(
+            request_id, org, api_key, created, days, self.partition, offset, reviewed, consent
+        )
 
     def put(self, record: Tracked) -> None:
-        self._event[record.request_id] = record.encode()
+        rid = record.request_id.encode()
+        previous = self.kv.get(b"r" + rid)
+        if previous is not None:
+            old = self._decode(record.request_id, previous)
+            if (old.org_id, old.created_at_ms) != (record.org_id, record.created_at_ms):
+                self._unindex(old)
+        self.kv.put(
+            b"r" + rid,
+            marshal.dumps(
+                (
+                    record.org_id,
+                    record.api_key_id,
+                    record.created_at_ms,
+                    record.retention_days,
+                    record.offset,
+                    tuple(record.reviewed),
+                    record.consent_version,
+                )
+            ),
+        )
+        if record.org_id:
+            self.kv.put(self._org_key(record), b"")
 
     def delete(self, request_id: str) -> None:
-        self._event[request_id] = None
+        record = self.get(request_id)
+        if record is not None:
+            self.kv.delete(b"r" + request_id.encode())
+            self._unindex(record)
 
-    def scan(self, org_id: str | None = None) -> Iterator[Tracked]:
-        """This partition's rows. Rows are JSON lists starting with the partition, and
-        an org id appears in its row JSON-quoted: both are checked on the bytes, so only
-        candidate rows are decoded (an org-wide flag scans the table in well under a second
-        per million rows)."""
-        overlay = {**self._pending, **self._event}
-        head = f"[{self.partition},".encode()
-        needle = json.dumps(org_id).encode() if org_id is not None else b""
-        for request_id, data in list(self._rows.data.items()):
-            if not data.startswith(head) or needle not in data or request_id in overlay:
-                continue
-            record = Tracked.decode(request_id, data)
-            if record.partition == self.partition:
+    def _unindex(self, record: Tracked) -> None:
+        if record.org_id:
+            self.kv.delete(self._org_key(record))
+
+    @staticmethod
+    def _org_key(record: Tracked) -> bytes:
+        return (
+            b"o"
+            + record.org_id.encode()
+            + b"\0"
+            + _ms(record.created_at_ms)
+            + record.request_id.encode()
+        )
+
+    def scan(
+        self, org_id: str, created_from_ms: int = 0, created_to_ms: int | None = None
+    ) -> Iterator[Tracked]:
+        head = b"o" + org_id.encode() + b"\0"
+        start = head + _ms(created_from_ms)
+        end = head + _ms(created_to_ms) if created_to_ms is not None else head[:-1] + b"\1"
+        cut = len(head) + _TIME.size
+        for key, _ in self.kv.range(start, end):
+            record = self.get(key[cut:].decode())
+            # An org id holding a NUL could share a prefix with another: compare exactly.
+            if record is not None and record.org_id == org_id:
                 yield record
-        for request_id, maybe in overlay.items():
-            if maybe is not None and needle in maybe:
-                yield Tracked.decode(request_id, maybe)
+
+    def schedule(self, request_id: str, due_ms: int) -> None:
+        self.kv.put(b"e" + _ms(due_ms) + request_id.encode(), b"")
+
+    def unschedule(self, due_ms: int, request_id: str) -> None:
+        self.kv.delete(b"e" + _ms(due_ms) + request_id.encode())
+
+    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+        entries: list[tuple[int, str]] = []
+        for key, _ in self.kv.range(b"e", b"e" + _ms(until_ms + 1)):
+            entries.append((_TIME.unpack_from(key, 1)[0], key[9:].decode()))
+            if len(entries) >= limit:
+                break
+        return entries
+
+    def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None:
+        self.kv.put(b"h" + request_id.encode(), json.dumps(hold_ids).encode())
+
+    def unpark(self, request_id: str) -> None:
+        key = b"h" + request_id.encode()
+        if key in self.kv:  # a tombstone in the changelog only for a record that was held
+            self.kv.delete(key)
+
+    def is_parked(self, request_id: str) -> bool:
+        return b"h" + request_id.encode() in self.kv
+
+    def parked(self) -> list[str]:
+        return [key[1:].decode() for key, _ in self.kv.range(b"h", b"i")]
 
     def put_fact(self, key: str, value: Mapping[str, Any]) -> None:
-        self._event_facts[self._prefix + key] = json.dumps(dict(value)).encode()
+        self.kv.put(b"f" + key.encode(), json.dumps(dict(value)).encode())
 
-    def facts(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
-        seen = dict(self._facts.data.items())
-        seen.update(self._pending_facts)
-        seen.update(self._event_facts)
-        for key, data in seen.items():
-            if key.startswith(self._prefix):
-                yield key[len(self._prefix) :], json.loads(data)
+    def has_fact(self, key: str) -> bool:
+        return b"f" + key.encode() in self.kv
+
+    def facts(self) -> list[tuple[str, Mapping[str, Any]]]:
+        return [(key[1:].decode(), json.loads(value)) for key, value in self.kv.range(b"f", b"g")]
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.scan())
+        return sum(1 for _ in self.kv.range(b"r", b"s"))
 
-    def has_pending(self) -> bool:
-        return bool(self._pending or self._event)
 
-    def end_event(self, keep: bool) -> None:
-        if keep:
-            self._pending.update(self._event)
-            self._pending_facts.update(self._event_facts)
-        self._event.clear()
-        self._event_facts.clear()
+# --- facts (R5, R6, R15) ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A control record as read: a valid flag, hold or deletion, or why it is not one."""
 
-    def commit(self) -> None:
-        """Write the staged changes to the tables' stores and changelogs."""
-        self.end_event(keep=True)
-        for table, changes in ((self._rows, self._pending), (self._facts, self._pending_facts)):
-            store = table.data
-            for key, data in changes.items():
-                if data is None:
-                    if key not in store:
-                        continue
-                    del store[key]
-                else:
-                    store[key] = data
-                table.send_changelog(self.partition, key, data)
-            changes.clear()
+    source: Source
+    key: bytes | None
+    fact: MisuseFlag | LegalHold | AccountDeletionRequest | None
+    invalid: tuple[str, str, str | None] | None = None  # (reason, error class, org id)
 
-    def discard(self) -> None:
-        self._pending.clear()
-        self._pending_facts.clear()
-        self._event.clear()
-        self._event_facts.clear()
+
+def decode_control(codec: Codec, op: str, value: bytes | None) -> dict[str, Any]:
+    """R17: a misuse flag (op "flag"), legal hold ("legal") or account deletion
+    ("deletion"), decoded and validated; raises DecodeError, InvalidRecord or TypeError."""
+    record: dict[str, Any] = codec.decode(value)
+    if op == "flag":
+        validate_flag(record)
+    elif op == "legal":
+        validate_legal_hold(record)
+    else:
+        request = AccountDeletionRequest(**record)
+        if not request.org_id or not request.deletion_id:
+            raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
+    return record
+
+
+def fact_of(codec: Codec, op: str, message: Message) -> Fact:
+    source = Source(str(message.topic()), int(message.partition() or 0), message.offset() or 0)
+    try:
+        record = decode_control(codec, op, message.value())
+    except (DecodeError, InvalidRecord, TypeError) as exc:
+        org = getattr(exc, "org_id", None)
+        reason = getattr(exc, "reason", None) or "fields do not match contract"
+        return Fact(source, message.key(), None, (reason, type(exc).__name__, org))
+    fact: MisuseFlag | LegalHold | AccountDeletionRequest
+    if op == "flag":
+        fact = validate_flag(record)
+    elif op == "legal":
+        fact = validate_legal_hold(record)
+    else:
+        fact = AccountDeletionRequest(**record)
+    return Fact(source, message.key(), fact)
+
+
+@dataclass(slots=True)
+class _Partition:
+    """A book and how far into the facts it is; a view of its store (dropped with it)."""
+
+    book: RetentionBook
+    facts_applied: int = 0
+    next_tick: float = 0.0  # monotonic: the job's clock may stand still (tests) or jump
+    more: bool = False
 
 
 # --- content read-back (R5) --------------------------------------------------------------
@@ -297,15 +378,17 @@ class DeletionWatch:
     """Answers "deleted: is it gone yet?" for the log store, from the broker itself.
 
     The job notes the offset of each value it deletes (sampled: the first deletion of each
-    second per partition, so memory stays within partitions x bound seconds) and reads that
-    offset back now and then: while the broker still serves the value there, it is
-    readable. ``oldest_readable_ms`` is the age of the oldest such value (0: none), exported
-    as a metric to alert on before it reaches the bound.
+    second per partition, so memory stays within partitions x bound seconds) and a thread
+    of its own reads that offset back now and then: while the broker still serves the value
+    there, it is readable. ``oldest_readable_ms`` is the age of the oldest such value (0:
+    none), exported as a metric to alert on before it reaches the bound.
     """
 
     def __init__(self, reader: ContentReader) -> None:
         self._reader = reader
         self._pending: dict[int, deque[tuple[int, int, str]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def deleted(self, partition: int, offset: int, request_id: str, at_ms: int) -> None:
         pending = self._pending.setdefault(partition, deque())
@@ -314,7 +397,7 @@ class DeletionWatch:
 
     def oldest_readable_ms(self, now_ms: int) -> int:
         oldest = 0
-        for partition, pending in self._pending.items():
+        for partition, pending in list(self._pending.items()):
             while pending and not self._readable(partition, pending[0][1], pending[0][2]):
                 pending.popleft()
             if pending:
@@ -325,511 +408,311 @@ class DeletionWatch:
         # A deleted value compacted away is skipped: the offset is served no more.
         return request_id in self._reader.read(partition, {offset: request_id}, timeout_s=5.0)
 
-    def close(self) -> None:
-        self._reader.close()
-
-
-# --- outputs -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class _Out:
-    topic: str
-    key: bytes
-    value: bytes | None
-    partition: int
-
-
-class OutputProducer:
-    """Writes the job's outputs with librdkafka (idempotent, acks=all) and waits for them.
-
-    faust's own producer (pure-Python aiokafka) carries the table changelogs; the outputs,
-    several per decision, go through confluent-kafka like every other producer of the
-    project: about twice the expiries/s of faust's producer in
-    benchmarks/retention_bench.py, and the same CRC-32 partitioner.
-    """
-
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
-        self._producer = Producer(
-            {
-                **client_config(bootstrap_servers),
-                "client.id": client_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "lz4",
-            }
-        )
-        self._errors: list[str] = []
-
-    def _delivered(self, error: KafkaError | None, _: Any) -> None:
-        if error is not None:
-            self._errors.append(str(error))
-
-    async def send(self, outputs: Iterable[_Out]) -> None:
-        produce = self._producer.produce
-        pending = 0
-        for out in outputs:
-            while True:
+    def start(self, metrics: JobMetrics, bound_ms: int, every_s: float) -> None:
+        def watch() -> None:
+            while not self._stop.wait(every_s):
                 try:
-                    produce(
-                        out.topic,
-                        key=out.key,
-                        value=out.value,
-                        partition=out.partition,
-                        on_delivery=self._delivered,
-                    )
-                    break
-                except BufferError:
-                    await asyncio.to_thread(self._producer.poll, 0.05)
-            pending += 1
-        if not pending:
-            return
-        # Every acknowledgement (or error) before the caller records the decision.
-        left = await asyncio.to_thread(self._producer.flush, 60.0)
-        if left or self._errors:
-            errors, self._errors = self._errors, []
-            raise OutputError(f"{left} outputs unacknowledged, errors: {errors[:3]}")
+                    oldest = self.oldest_readable_ms(wall_clock_ms())
+                except Exception as exc:  # the metric is skipped, the job goes on
+                    log.warning("deletion watch failed (%s)", type(exc).__name__)
+                    continue
+                metrics.deletion(bound_ms / 1000, oldest / 1000)
+
+        self._thread = threading.Thread(target=watch, name="deletion-watch", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        self._producer.flush(10.0)
-
-
-class FaustOutputs:
-    """Outputs through faust's producer (its transactional one under exactly_once)."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._topics: dict[str, Any] = {}
-
-    async def send(self, outputs: Iterable[_Out]) -> None:
-        futures = []
-        for out in outputs:
-            topic = self._topics.get(out.topic)
-            if topic is None:
-                topic = self._topics[out.topic] = raw_topic(self._app, out.topic)
-            futures.append(await topic.send(key=out.key, value=out.value, partition=out.partition))
-        if futures:
-            await asyncio.gather(*futures)
-
-    def close(self) -> None:
-        pass
-
-
-class OutputError(RuntimeError):
-    """The broker did not acknowledge an output: the decision must not be recorded."""
-
-
-# --- decoding (R17) ------------------------------------------------------------------------
-def decode_control(codec: Codec, op: str, value: bytes | None) -> dict[str, Any]:
-    """R17: a misuse flag (op "flag"), legal hold ("legal") or account deletion
-    ("deletion"), decoded and validated; raises DecodeError, InvalidRecord or TypeError."""
-    record: dict[str, Any] = codec.decode(value)
-    if op == "flag":
-        validate_flag(record)
-    elif op == "legal":
-        validate_legal_hold(record)
-    else:
-        request = AccountDeletionRequest(**record)
-        if not request.org_id or not request.deletion_id:
-            raise InvalidRecord("empty org_id or deletion_id", request.org_id or None)
-    return record
-
-
-def decode_log_value(
-    codec: Codec, request_id: str | None, value: bytes | None, source: Source
-) -> Tracked:
-    """R17: what the job tracks of a log-store value; raises DecodeError or InvalidRecord."""
-    record = codec.decode(value)
-    return tracked_from_log_record(record, request_id, source.partition, source.offset)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._reader.close()
 
 
 # --- the job -----------------------------------------------------------------------------
 class RetentionJob:
-    """Wires the policy (``RetentionBook`` per partition) into a faust app."""
+    """The policy's ``RetentionBook`` per log-store partition, on the runtime."""
 
-    def __init__(self, settings: RetentionSettings) -> None:
+    def __init__(
+        self,
+        settings: RetentionSettings,
+        contracts: Contracts,
+        partitions: int,
+        clock: Any = wall_clock_ms,
+    ) -> None:
         self.settings = settings
         self.config = settings.config
         self.topics = settings.topology
-        self.clock = settings.clock
-        self.stats: Counter[str] = Counter()
-        contracts = Contracts(registry_client(settings.registry_url), self.topics)
-        contracts.register_all()  # the same subjects every producer of the catalogue uses
-        self._codec: dict[str, Codec] = {
-            getattr(self.topics, f): contracts.codec(f)
-            for f in ("log_store", *_CONTROL_FIELDS, *_OUTPUT_FIELDS)
+        self.partitions = partitions
+        self.clock = clock
+        self._log_codec = contracts.codec("log_store")
+        self._control_codecs = {
+            self.topics.name(f): (_OPS[f], contracts.codec(f)) for f in _CONTROL_FIELDS
         }
-        self._out_codec = {f: contracts.codec(f) for f in _OUTPUT_FIELDS}
-        self.commands = commands_topic_name(self.topics)
-        log_store = self.topics.log_store
-        counts = partition_counts(
-            settings.bootstrap_servers, [getattr(self.topics, f) for f in _OUTPUT_FIELDS]
-        )
-        self.partitions = counts[log_store]
-        self._out_partitions = {f: counts[getattr(self.topics, f)] for f in _OUTPUT_FIELDS}
-        # The command topic is co-partitioned with the log store (same count), so faust
-        # assigns partition p of both to the same worker, with p of the tables.
-        ensure_topic(
-            settings.bootstrap_servers,
-            self.commands,
-            self.partitions,
-            {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)},
-        )
-        self.app = build_app(
-            FaustSettings(
-                job=JOB,
-                bootstrap_servers=settings.bootstrap_servers,
-                topics=self.topics,
-                state_dir=settings.state_dir,
-                processing_guarantee=settings.processing_guarantee,
-                partitions=self.partitions,
-                extra=settings.faust_extra,
-            )
-        )
-        app = self.app
-        # R5/R6: the tables' changelogs exist before the first worker writes to them. Left
-        # to faust, a worker that starts first writes into a topic still being created
-        # ("Ignoring missing topic ...-facts-changelog"), and a worker that takes a
-        # partition over recovers its holds from a changelog that lost them: a held record
-        # was seen deleted at expiry after a hand-over under load.
-        for table in ("tracked", "facts"):
-            ensure_topic(
-                settings.bootstrap_servers,
-                f"{app.conf.id}-{table}-changelog",
-                self.partitions,
-                {"cleanup.policy": "compact"},
-            )
-        self.tracked = app.Table(
-            "tracked", key_type=str, value_type=bytes, partitions=self.partitions
-        )
-        self.facts = app.Table("facts", key_type=str, value_type=bytes, partitions=self.partitions)
-        self.books: dict[int, RetentionBook] = {}
-        self._stores: dict[int, StagedStore] = {}
-        self._owned: set[int] = set()
-        self._reader = ContentReader(
-            settings.bootstrap_servers, log_store, f"{app.conf.id}-content-reader"
-        )
-        self.metrics = JobMetrics(JOB)
-        self._watch = DeletionWatch(
-            ContentReader(settings.bootstrap_servers, log_store, f"{app.conf.id}-deletion-watch")
-        )
-        self._roll_every_s = roll_interval_ms(settings.deletion_bound) / 1000
+        self.facts: list[Fact] = []
+        self._reader: CompactedReader | None = None
+        self._ends: PendingEnds | None = None
+        self._asked_at = 0  # the job's clock when the pending end offsets were asked
+        self._next_ask = 0.0
+        # The latest instant up to which every published fact is applied: ticks delete
+        # only what is due by then (0 until the facts were first read to their end).
+        self.facts_complete_ms = 0
+        self._content: ContentReader | None = None
+        self.watch: DeletionWatch | None = None
+        self._roll_every_ms = roll_interval_ms(settings.deletion_bound)
         self._next_roll = 0.0
-        self._next_watch = 0.0
-        self._output: OutputProducer | FaustOutputs
-        if settings.processing_guarantee == AT_LEAST_ONCE:
-            self._output = OutputProducer(settings.bootstrap_servers, f"{app.conf.id}-outputs")
-        else:
-            # faust's exactly_once only covers what faust's own producer writes.
-            self._output = FaustOutputs(app)
-        controls = [getattr(self.topics, f) for f in _CONTROL_FIELDS]
-        app.agent(raw_topic(app, *controls), name=f"{JOB}-controls")(self._controls_agent)
-        app.agent(raw_topic(app, log_store, self.commands), name=f"{JOB}-books")(self._books_agent)
-        app.timer(settings.tick_interval_s, name=f"{JOB}-tick")(self._tick)
-        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-
-    # --- rebalance ---------------------------------------------------------------------
-    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
-        # Eager rebalancing revokes everything, then assigns; state is only evicted for
-        # partitions that do not come back (see _on_assigned).
-        for tp in revoked:
-            if tp.topic == self.topics.log_store:
-                self.books.pop(tp.partition, None)
-                self._stores.pop(tp.partition, None)
-
-    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
-        owned = {tp.partition for tp in assigned if tp.topic == self.topics.log_store}
-        lost, self._owned = self._owned - owned, owned
-        if lost:
-            # faust recovers a partition it regains later from the start of its changelog.
-            self._evict(lost)
-        for partition in owned:
-            # Rebuilt from the recovered tables at the partition's first event.
-            self.books.pop(partition, None)
-            self._stores.pop(partition, None)
-
-    def _evict(self, partitions: set[int]) -> None:
-        """Drop the local rows of partitions now owned elsewhere (recovery reloads them)."""
-        rows = getattr(self.tracked.data, "data", None)
-        if isinstance(rows, dict):
-            for key in [k for k, v in rows.items() if json.loads(v)[0] in partitions]:
-                rows.pop(key, None)
-        facts = getattr(self.facts.data, "data", None)
-        if isinstance(facts, dict):
-            prefixes = tuple(f"{p}{_SEP}" for p in partitions)
-            for key in [k for k in facts if k.startswith(prefixes)]:
-                facts.pop(key, None)
-
-    def book(self, partition: int) -> RetentionBook:
-        book = self.books.get(partition)
-        if book is None:
-            self._build_books(partition)
-            book = self.books[partition]
-        return book
-
-    def _build_books(self, partition: int) -> None:
-        """Books for ``partition`` and every other owned partition lacking one, from one
-        pass over the recovered table (a book is built at its partition's first event)."""
-        started = time.monotonic()
-        owned = {
-            tp.partition
-            for tp in self.app.assignor.assigned_actives()
-            if tp.topic == self.topics.log_store
-        }
-        missing = {p for p in owned | {partition} if p not in self.books}
-        rows: dict[int, list[Tracked]] = {p: [] for p in missing}
-        for request_id, data in list(self.tracked.data.items()):
-            record = Tracked.decode(request_id, data)
-            if record.partition in rows:
-                rows[record.partition].append(record)
-        for p in sorted(missing):
-            # A book dropped after a failed decision keeps its store's staged writes.
-            store = self._stores.get(p)
-            if store is None:
-                store = StagedStore(self.tracked, self.facts, p)
-            book = RetentionBook(self.config, store, p, self.partitions, load=False)
-            book.load(rows[p] if not store.has_pending() else None)
-            self.books[p] = book
-            self._stores[p] = store
-        log.info(
-            "books rebuilt for partitions %s: %d tracked records in %.2fs",
-            sorted(missing),
-            sum(len(r) for r in rows.values()),
-            time.monotonic() - started,
+        self.spec = JobSpec(
+            name=JOB,
+            inputs=("log_store",),
+            outputs=("log_store", "deletion_events", "safety_review", "audit", "dead_letters"),
+            stores=(
+                # Tombstones outlive the longest a checkpoint is trusted (DiskStores).
+                StoreSpec(BOOKS, topic_config={"delete.retention.ms": str(DAY_MS)}),
+            ),
+            punctuators=(
+                Punctuator(0, self.apply_facts, per_partition=False),  # every turn, first
+                Punctuator(0, self.tick),
+                # Paced by wall time: the deletion bound is wall time, whatever the clock.
+                Punctuator(0, self.roll, per_partition=False),
+            ),
+            subject_kind="log_record",
+            tombstone=self.tombstone,
+            undecodable=self.undecodable,
+            batch_size=settings.batch_size,
+            static_membership=True,  # a SIGKILLed worker's first expiry within seconds
+            # What tracking needs; prompts, documents and generations are skipped unread.
+            read_fields={"log_store": TRACKED_FIELDS},
         )
 
-    # --- controls: flags, legal holds, deletions ----------------------------------------
-    async def _controls_agent(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await self.on_control(event)
+    # --- wiring -------------------------------------------------------------------------
+    def attach(self, bootstrap_servers: str, group: str, metrics: JobMetrics) -> None:
+        """The fact reader, the content reader for reviews, and the deletion watch."""
+        self._reader = CompactedReader(
+            bootstrap_servers,
+            list(self._control_codecs),
+            self._on_fact,
+            group_id=f"{group}-facts",
+        )
+        self._reader.catch_up()
+        log_store = self.topics.log_store
+        self._content = ContentReader(bootstrap_servers, log_store, f"{group}-content-reader")
+        self.watch = DeletionWatch(
+            ContentReader(bootstrap_servers, log_store, f"{group}-deletion-watch")
+        )
+        self.watch.start(
+            metrics, self.settings.deletion_bound, max(1.0, self._roll_every_ms / 4000)
+        )
 
-    async def on_control(self, event: EventT) -> None:
-        message = event.message
-        source = Source(message.topic, message.partition, message.offset)
-        value = message.value
-        now = self.clock()
-        op = {
-            self.topics.misuse_flags: "flag",
-            self.topics.legal_holds: "legal",
-            self.topics.account_deletions: "deletion",
-        }[message.topic]
+    def close(self) -> None:
+        for closeable in (self.watch, self._content, self._reader):
+            if closeable is not None:
+                closeable.close()
+
+    def _on_fact(self, message: Message) -> None:
+        op, codec = self._control_codecs[str(message.topic())]
+        self.facts.append(fact_of(codec, op, message))
+
+    def book(self, ctx: Context, partition: int) -> _Partition:
+        """The book of ``partition`` (built from its store's facts on first use)."""
+        kv = ctx.stores(BOOKS).get(partition)
+        if kv is None:  # not restored yet: ``partition`` is the current record's
+            kv = ctx.store(BOOKS)
+        return kv.view(
+            "book",
+            lambda kv: _Partition(
+                RetentionBook(self.config, BookStore(kv, partition), partition, self.partitions)
+            ),
+        )
+
+    # --- log-store records --------------------------------------------------------------
+    def process(self, ctx: Context, record: dict[str, Any]) -> None:
+        """R4/R7: a retained record arrives (or arrives again) in the log store."""
+        source = ctx.source
+        request_id = ctx.key.decode(errors="replace") if ctx.key is not None else None
         try:
-            record = decode_control(self._codec[message.topic], op, value)
-        except (DecodeError, InvalidRecord, TypeError) as exc:
-            reason = getattr(exc, "reason", "fields do not match contract")
-            org = getattr(exc, "org_id", None)
-            await self._send(self._dead_letter(source, message.key, reason, exc, org, now))
+            tracked = tracked_from_log_record(record, request_id, source.partition, source.offset)
+        except InvalidRecord as exc:
+            ctx.dead_letter(exc.reason, type(exc).__name__, org_id=exc.org_id)
+            self._track_untrusted(ctx)
             return
-        command = json.dumps(
-            {
-                "op": op,
-                "now": now,
-                "record": record,
-                "src": [source.topic, source.partition, source.offset],
-            }
-        ).encode()
-        # Every partition gets every hold and deletion: holds are few, and a partition
-        # never depends on where another producer's partitioner put a request id.
-        await self._send(
-            [_Out(self.commands, op.encode(), command, p) for p in range(self.partitions)]
+        self._decide(ctx, tracked)
+
+    def undecodable(self, ctx: Context) -> None:
+        """R4 + R17: a value that cannot be read (dead-lettered already) is still deleted
+        in time."""
+        self._track_untrusted(ctx)
+
+    def _track_untrusted(self, ctx: Context) -> None:
+        if ctx.key is None:
+            return
+        now = ctx.now()
+        source = ctx.source
+        self._decide(
+            ctx,
+            untrusted_tracked(
+                ctx.key.decode(errors="replace"), source.partition, source.offset, now, self.config
+            ),
         )
-        self.stats[f"control_{op}"] += 1
 
-    # --- books: log store + commands ----------------------------------------------------
-    async def _books_agent(self, stream: faust.StreamT) -> None:
-        # Batches: outputs of many events share one wait for acknowledgements.
-        batches = cast(faust.Stream, stream).take_events(self.settings.batch_size, within=0.05)
-        async for events in batches:
-            await self.on_book_events(events)
-
-    async def on_book_events(self, events: Iterable[EventT]) -> None:
-        outputs: list[_Out] = []
-        decided: list[tuple[list[Effect], Source, int]] = []
-        follow_ups: dict[int, int] = {}
-        # The stores this batch staged into are the ones committed, whatever a rebalance
-        # does meanwhile (faust waits for in-flight events before revoking, by default).
-        touched: dict[int, StagedStore] = {}
-        for event in events:
-            message = event.message
-            partition = message.partition
-            source = Source(message.topic, partition, message.offset)
-            book = self.book(partition)
-            store = self._stores[partition]
-            touched.setdefault(partition, store)
-            try:
-                if message.topic == self.topics.log_store:
-                    effects, now = self._on_log_value(
-                        book, source, message.key, message.value, outputs
-                    )
-                    origin = source
-                else:
-                    effects, now, origin, more = self._on_command(book, source, message.value)
-                    if more:
-                        follow_ups[partition] = now
-            except Exception as exc:  # a bug must not stop retention for everyone (R17)
-                store.end_event(keep=False)
-                self.books.pop(partition, None)  # rebuilt from the tables at the next event
-                # The class only: an exception's message could quote a record's content.
-                log.error("retention decision failed at %s (%s)", source.id, type(exc).__name__)
-                outputs += self._dead_letter(
-                    source, message.key, "retention decision failed", exc, None, self.clock()
-                )
-                continue
-            store.end_event(keep=True)
-            decided.append((effects, origin, now))
-        outputs += await self._outputs(decided)
-        await self._send(outputs)  # acknowledged by the broker ...
-        for staged in touched.values():
-            staged.commit()  # ... before the tables record the decisions
-        if follow_ups:  # R4: a backlog larger than one tick continues at once
-            await self._send([self._tick_command(p, now) for p, now in follow_ups.items()])
-
-    def _on_log_value(
-        self,
-        book: RetentionBook,
-        source: Source,
-        key: bytes | None,
-        value: bytes | None,
-        outputs: list[_Out],
-    ) -> tuple[list[Effect], int]:
-        now = self.clock()
-        request_id = key.decode(errors="replace") if key is not None else None
-        if value is None:
-            if request_id is not None:
-                book.forget(request_id)  # a tombstone (ours, read back): nothing retained
-            return [], now
-        try:
-            tracked = decode_log_value(self._codec[source.topic], request_id, value, source)
-        except (DecodeError, InvalidRecord) as exc:
-            org = getattr(exc, "org_id", None)
-            outputs += self._dead_letter(
-                source, key, getattr(exc, "reason", "invalid"), exc, org, now
-            )
-            if request_id is None:
-                return [], now
-            # R4 + R17: kept for an operator, but never beyond the default retention.
-            tracked = untrusted_tracked(
-                request_id, source.partition, source.offset, now, self.config
-            )
-        self.stats["tracked"] += 1
-        return book.record(tracked, now, self.settings.tick_limit), now
-
-    def _on_command(
-        self, book: RetentionBook, source: Source, value: bytes | None
-    ) -> tuple[list[Effect], int, Source, bool]:
-        command = json.loads(value or b"{}")
-        op = command.get("op")
-        now = int(command.get("now") or self.clock())
+    def _decide(self, ctx: Context, tracked: Tracked) -> None:
+        state = self.book(ctx, ctx.partition)
+        now = ctx.now()
+        # A record due at once is deleted only up to where the facts are complete.
         limit = self.settings.tick_limit
-        if op == "tick":
-            result = book.tick(now, limit)
-            self.stats["ticks"] += 1
-            return result.effects, now, source, result.more
-        topic, partition, offset = command["src"]
-        origin = Source(topic, partition, offset)
-        record = command["record"]
-        if op == "flag":
-            effects = book.flag(validate_flag(record), now, limit)
-        elif op == "legal":
-            effects = book.legal_hold(validate_legal_hold(record), now, limit)
-        elif op == "deletion":
-            effects = book.delete_account(AccountDeletionRequest(**record), now, limit)
+        effects = state.book.record(tracked, min(now, self.facts_complete_ms), limit)
+        self._effects(ctx, effects, ctx.source, now)
+
+    def tombstone(self, ctx: Context) -> None:
+        """A log-store tombstone (ours, read back): nothing is retained any more."""
+        if ctx.key is not None and ctx.key != ROLL_KEY:
+            self.book(ctx, ctx.partition).book.forget(ctx.key.decode(errors="replace"))
+
+    # --- punctuators ----------------------------------------------------------------------
+    def apply_facts(self, ctx: Context) -> None:
+        """Read the facts published since the last turn and apply each to every owned book
+        that has not applied it (exactly once: the book files it in its store, in this
+        turn's transaction). Then move the instant up to which the facts are complete."""
+        reader = self._reader
+        if reader is None:
+            return
+        reader.poll()
+        complete_at: int | None = None
+        if self._ends is not None:
+            ends = self._ends.ends()
+            if ends is not None and reader.reached(ends):
+                complete_at, self._ends = self._asked_at, None
+        if self._ends is None and time.monotonic() >= self._next_ask:
+            self._next_ask = time.monotonic() + _ASK_EVERY_S
+            self._asked_at = ctx.now()
+            self._ends = reader.ask_published_ends()
+        now = ctx.now()
+        limit = self.settings.tick_limit
+        for partition in sorted(ctx.stores(BOOKS)):
+            state = self.book(ctx, partition)
+            for fact in self.facts[state.facts_applied :]:
+                self._apply(ctx, state.book, fact, now, limit)
+            state.facts_applied = len(self.facts)
+        if complete_at is not None:
+            self.facts_complete_ms = max(self.facts_complete_ms, complete_at)
+
+
+    def _apply(self, ctx: Context, book: RetentionBook, fact: Fact, now: int, limit: int) -> None:
+        if fact.fact is None:
+            self._bad_fact(ctx, book, fact)
+            return
+        if book.has_applied(fact.fact):
+            return
+        # Deletions a fact makes due wait for the tick (and so for the facts barrier).
+        at = min(now, self.facts_complete_ms)
+        if isinstance(fact.fact, MisuseFlag):
+            effects = book.flag(fact.fact, at, limit)
+        elif isinstance(fact.fact, LegalHold):
+            effects = book.legal_hold(fact.fact, at, limit)
         else:
-            raise ValueError("unknown command")
-        return effects, now, origin, False
+            effects = book.delete_account(fact.fact, at, limit)
+        self._effects(ctx, effects, fact.source, now)
 
-    # --- timer -------------------------------------------------------------------------
-    async def _tick(self) -> None:
-        now = self.clock()
-        mine = sorted(
-            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.commands
+    def _bad_fact(self, ctx: Context, book: RetentionBook, fact: Fact) -> None:
+        """R17: a control record that is not a valid flag, hold or deletion changes nothing;
+        the book of partition 0 (one per cluster) dead-letters it once."""
+        assert fact.invalid is not None
+        if book.partition != 0:
+            return
+        marker = json.dumps(["bad", *fact.source])
+        if book.store.has_fact(marker):
+            return
+        book.store.put_fact(marker, {})
+        reason, error_class, org = fact.invalid
+        ctx.dead_letter(
+            reason, error_class, org_id=org, subject_kind="control", about=(fact.source, fact.key)
         )
-        if mine:
-            await self._send([self._tick_command(p, now) for p in mine])
-            await self._keep_deletion_bound(mine)
 
-    async def _keep_deletion_bound(self, mine: list[int]) -> None:
+    def tick(self, ctx: Context) -> None:
+        """R4: delete what is due in this partition (at most ``tick_limit`` per turn)."""
+        state = self.book(ctx, ctx.partition)
+        started = time.monotonic()
+        if not state.more and started < state.next_tick:
+            return
+        state.next_tick = started + self.settings.tick_interval_s
+        now = ctx.now()
+        at = min(now, self.facts_complete_ms)
+        result = state.book.tick(at, self.settings.tick_limit)
+        state.more = result.more
+        if not result.more:
+            state.book.prune_released(at)
+        self._effects(ctx, result.effects, Source(self.topics.log_store, ctx.partition, -1), now)
+
+    def roll(self, ctx: Context) -> None:
         """R4/R15: an idle partition's last segment rolls (and so can be compacted) only
         when something is appended (``streams.kafka.topics.TopicSpec.configs``): a
         ``ROLL_KEY`` tombstone goes to every owned partition of the compacted content
-        topics each quarter of the bound. The watch reports what is still readable."""
+        topics each quarter of the bound."""
         started = time.monotonic()
-        if started >= self._next_roll:
-            self._next_roll = started + self._roll_every_s
-            review_partitions = self._out_partitions["safety_review"]
-            outs = [_Out(self.topics.log_store, ROLL_KEY, None, p) for p in mine]
-            outs += [
-                _Out(self.topics.safety_review, ROLL_KEY, None, q)
-                for q in range(review_partitions)
-                if q % self.partitions in mine
-            ]
-            await self._send(outs)
-        if started >= self._next_watch:
-            self._next_watch = started + max(1.0, self._roll_every_s / 4)
-            oldest = await asyncio.to_thread(self._watch.oldest_readable_ms, wall_clock_ms())
-            self.metrics.deletion(self.settings.deletion_bound / 1000, oldest / 1000)
+        if started < self._next_roll:
+            return
+        self._next_roll = started + self._roll_every_ms / 1000
+        mine = sorted(ctx.stores(BOOKS))
+        for p in mine:
+            ctx.emit("log_store", ROLL_KEY, None, partition=p)
+        reviews = self._review_partitions
+        for q in range(reviews):
+            if q % self.partitions in mine:
+                ctx.emit("safety_review", ROLL_KEY, None, partition=q)
 
-    def _tick_command(self, partition: int, now: int) -> _Out:
-        return _Out(
-            self.commands, b"tick", json.dumps({"op": "tick", "now": now}).encode(), partition
+    _review_partitions = 0  # set by ``build``: the safety-review topic's partition count
+
+    # --- effects -> records ---------------------------------------------------------------
+    def _effects(self, ctx: Context, effects: list[Effect], source: Source, now: int) -> None:
+        if not effects:
+            return
+        reviews = [e for e in effects if isinstance(e, Review)]
+        contents = self._read_contents(reviews) if reviews else {}
+        for effect in effects:
+            if isinstance(effect, Deletion):
+                self._deletion(ctx, effect)
+            elif isinstance(effect, Review):
+                value = contents.get(effect.record.request_id)
+                if value is None:
+                    self._audit(ctx, self._unavailable(effect), source, now)
+                    continue
+                self._review(ctx, effect, value)
+            self._audit(ctx, effect, source, now)
+
+    def _deletion(self, ctx: Context, deletion: Deletion) -> None:
+        record = deletion.record
+        if self.watch is not None:
+            self.watch.deleted(record.partition, record.offset, record.request_id, wall_clock_ms())
+        # R4: the tombstone goes to the record's own partition, or compaction misses it.
+        ctx.emit("log_store", record.request_id, None, partition=record.partition)
+        # R4/R15: every copy goes: the safety-review copies too (keyed flag/request).
+        for flag_id in record.reviewed:
+            ctx.emit("safety_review", f"{flag_id}/{record.request_id}", None)
+        ctx.emit(
+            "deletion_events",
+            record.request_id,
+            {
+                "request_id": record.request_id,
+                "org_id": record.org_id,
+                "reason": deletion.reason,
+                "rule_ids": list(deletion.rule_ids),
+                "deleted_at_ms": deletion.deleted_at_ms,
+                "policy_version": self.config.policy_version,
+            },
         )
 
-    # --- outputs -----------------------------------------------------------------------
-    async def _outputs(self, decided: list[tuple[list[Effect], Source, int]]) -> list[_Out]:
-        outputs: list[_Out] = []
-        reviews = [e for effects, _, _ in decided for e in effects if isinstance(e, Review)]
-        contents = await self._read_contents(reviews) if reviews else {}
-        for effects, source, now in decided:
-            for effect in effects:
-                if isinstance(effect, Deletion):
-                    outputs += self._deletion(effect)
-                elif isinstance(effect, Review):
-                    value = contents.get(effect.record.request_id)
-                    if value is None:
-                        outputs.append(self._unavailable(effect, source, now))
-                        continue
-                    outputs.append(self._review(effect, value))
-                outputs.append(self._audit(effect, source, now))
-        return outputs
-
-    def _deletion(self, deletion: Deletion) -> list[_Out]:
-        record = deletion.record
-        key = record.request_id.encode()
-        event = {
-            "request_id": record.request_id,
-            "org_id": record.org_id,
-            "reason": deletion.reason,
-            "rule_ids": list(deletion.rule_ids),
-            "deleted_at_ms": deletion.deleted_at_ms,
-            "policy_version": self.config.policy_version,
-        }
-        self.stats["deleted"] += 1
-        self._watch.deleted(record.partition, record.offset, record.request_id, wall_clock_ms())
-        # R4/R15: every copy goes: the safety-review copies too (keyed flag/request).
-        reviews = [
-            self._tombstone("safety_review", f"{flag_id}/{record.request_id}")
-            for flag_id in record.reviewed
-        ]
-        return [
-            # R4: the tombstone goes to the record's own partition, or compaction misses it.
-            _Out(self.topics.log_store, key, None, record.partition),
-            *reviews,
-            self._emit("deletion_events", record.request_id, event),
-        ]
-
-    async def _read_contents(self, reviews: list[Review]) -> dict[str, bytes]:
+    def _read_contents(self, reviews: list[Review]) -> dict[str, bytes]:
         by_partition: dict[int, dict[int, str]] = {}
         for review in reviews:
             by_partition.setdefault(review.record.partition, {})[review.record.offset] = (
                 review.record.request_id
             )
         found: dict[str, bytes] = {}
-        for partition, wanted in by_partition.items():
-            found.update(await asyncio.to_thread(self._reader.read, partition, wanted))
+        if self._content is not None:
+            for partition, wanted in by_partition.items():
+                found.update(self._content.read(partition, wanted))
         return found
 
-    def _review(self, review: Review, value: bytes) -> _Out:
-        log_record = self._codec[self.topics.log_store].decode(value)
+    def _review(self, ctx: Context, review: Review, value: bytes) -> None:
+        log_record = self._log_codec.decode(value)
         hold = review.hold
         record = {
             "flag_id": hold.hold_id,
@@ -850,11 +733,11 @@ class RetentionJob:
             "metadata": log_record.get("metadata") or {},
             "policy_version": self.config.policy_version,
         }
-        self.stats["reviewed"] += 1
-        return self._emit("safety_review", key_for("safety_review", record), record)
+        ctx.emit("safety_review", key_for("safety_review", record), record)
 
-    def _unavailable(self, review: Review, source: Source, now: int) -> _Out:
-        note = Note(
+    @staticmethod
+    def _unavailable(review: Review) -> Note:
+        return Note(
             subject_id=review.record.request_id,
             subject_kind="log_record",
             org_id=review.record.org_id or None,
@@ -866,9 +749,8 @@ class RetentionJob:
             ),
             key=f"{review.hold.hold_id}/{review.record.request_id}",
         )
-        return self._audit(note, source, now)
 
-    def _audit(self, effect: Effect, source: Source, now: int) -> _Out:
+    def _audit(self, ctx: Context, effect: Effect, source: Source, now: int) -> None:
         if isinstance(effect, Note):
             subject_id, kind, org = effect.subject_id, effect.subject_kind, effect.org_id
             routes, rules, reasons = effect.routes, effect.rule_ids, effect.reasons
@@ -887,71 +769,27 @@ class RetentionJob:
                     f"R5: misuse flag {effect.hold.hold_id}: full log sent to safety review",
                 )
             # Per-record decisions name the record's own coordinates: the same decision
-            # gets the same id whichever tick or command triggered it (idempotent audit).
+            # gets the same id whichever tick or fact triggered it (idempotent audit).
             source = Source(self.topics.log_store, record.partition, record.offset)
-        audit = audit_record(
-            job=JOB,
-            source=source,
-            subject_id=subject_id,
-            subject_kind=kind,
-            org_id=org,
-            routes=routes,
-            rule_ids=rules,
-            reasons=reasons,
-            consent_version=consent,
-            policy_version=self.config.policy_version,
-            decided_at_ms=now,
-            decision_suffix=effect.decision_key,
+        ctx.decided(tuple(rules))
+        ctx.emit(
+            "audit",
+            subject_id,
+            audit_record(
+                job=JOB,
+                source=source,
+                subject_id=subject_id,
+                subject_kind=kind,
+                org_id=org,
+                routes=routes,
+                rule_ids=rules,
+                reasons=reasons,
+                consent_version=consent,
+                policy_version=self.config.policy_version,
+                decided_at_ms=now,
+                decision_suffix=effect.decision_key,
+            ),
         )
-        return self._emit("audit", subject_id, audit)
-
-    def _dead_letter(
-        self,
-        source: Source,
-        key: bytes | None,
-        reason: str,
-        exc: BaseException,
-        org_id: str | None,
-        now: int,
-    ) -> list[_Out]:
-        """R17: coordinates and reason only; the retention job never copies content (R2/R4:
-        a log-store copy in the dead letters would outlive the record's deletion)."""
-        letter, audit = dead_letter_decision(
-            job=JOB,
-            source=source,
-            reason=reason,
-            error_class=type(exc).__name__,
-            org_id=org_id,
-            original_key=key,
-            original_value=None,
-            keep_content=False,
-            decided_at_ms=now,
-            policy_version=self.config.policy_version,
-        )
-        self.stats["dead_letter"] += 1
-        log.warning("dead letter %s: %s", source.id, reason)
-        return [
-            self._emit("dead_letters", key_for("dead_letters", letter), letter),
-            self._emit("audit", source.id, audit),
-        ]
-
-    def _emit(self, field_name: str, key: str, record: Mapping[str, Any]) -> _Out:
-        topic = getattr(self.topics, field_name)
-        partition = partition_for(key, self._out_partitions[field_name])
-        return _Out(topic, key.encode(), self._out_codec[field_name].encode(record), partition)
-
-    def _tombstone(self, field_name: str, key: str) -> _Out:
-        topic = getattr(self.topics, field_name)
-        return _Out(topic, key.encode(), None, partition_for(key, self._out_partitions[field_name]))
-
-    async def _send(self, outputs: Iterable[_Out]) -> None:
-        """Produce and wait for every acknowledgement (raises if the broker refused one)."""
-        await self._output.send(outputs)
-
-    def close(self) -> None:
-        self._reader.close()
-        self._watch.close()
-        self._output.close()
 
 
 # --- process entry point ------------------------------------------------------------------
@@ -961,38 +799,59 @@ def retention_settings(settings: Settings) -> RetentionSettings:
         Path("var") / "retention" / (settings.topology.log_store + "-" + settings.worker_id)
     )
     return RetentionSettings(
-        bootstrap_servers=settings.bootstrap_servers,
-        registry_url=settings.registry_url,
         config=settings.policy,
         topology=settings.topology,
         state_dir=state_dir,
-        clock=settings.clock(),
         tick_interval_s=settings.tick_interval_s,
         tick_limit=settings.tick_limit,
-        processing_guarantee=settings.processing_guarantee,
     )
+
+
+def build(
+    settings: Settings,
+    retention: RetentionSettings | None = None,
+    contracts: Contracts | None = None,
+) -> tuple[Runtime, RetentionJob]:
+    """One retention worker: the job on the runtime, its state on disk."""
+    from streams.jobs.wiring import contracts_of, runtime_of
+
+    retention = retention or retention_settings(settings)
+    contracts = contracts or contracts_of(settings)
+    admin_topics = _partition_counts(settings.bootstrap_servers, settings.topology)
+    job = RetentionJob(
+        retention, contracts, admin_topics[settings.topology.log_store], settings.clock()
+    )
+    job._review_partitions = admin_topics[settings.topology.safety_review]
+    runtime = runtime_of(
+        job,
+        settings,
+        contracts=contracts,
+        backend=DiskStores(retention.state_dir, memory_mb=retention.memory_mb),
+    )
+    group = settings.topology.group(JOB)
+    job.attach(settings.bootstrap_servers, group, runtime.metrics)
+    runtime.on_close.append(job.close)
+    return runtime, job
+
+
+def _partition_counts(bootstrap_servers: str, topology: Topology) -> dict[str, int]:
+    from confluent_kafka.admin import AdminClient
+
+    wanted = (topology.log_store, topology.safety_review)
+    metadata = AdminClient(client_config(bootstrap_servers)).list_topics(timeout=30).topics
+    counts = {}
+    for topic in wanted:
+        info = metadata.get(topic)
+        if info is None or info.error is not None:
+            raise RuntimeError(f"topic {topic} does not exist: run `streams topics`")
+        counts[topic] = len(info.partitions)
+    return counts
 
 
 def run(settings: Settings) -> None:
     """One retention worker until stopped (``streams run retention``)."""
-    job = RetentionJob(retention_settings(settings))
-    if settings.metrics_port != DISABLED:
-        job.metrics.serve(settings.metrics_port)
-    worker = faust.Worker(job.app, loglevel="INFO", quiet=True)
-    code = 0
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException as exc:  # a crash: the supervisor restarts us, at-least-once replays
-        log.error("retention worker crashed: %s", type(exc).__name__)
-        code = 1
-    finally:
-        try:
-            job.close()
-        finally:
-            log.info("retention worker stopped: %s", dict(job.stats))
-            logging.shutdown()
-            # After a crash faust can leave a non-daemon thread behind that keeps the
-            # process alive forever; a stopped worker must exit so it can be restarted.
-            os._exit(code)
+    from streams.jobs.wiring import serve
+
+    runtime, _ = build(settings)
+    serve(runtime, settings)
+

@@ -13,6 +13,7 @@ from typing import Any
 from streams.kafka.metrics import DISABLED, JobMetrics
 from streams.kafka.runtime import Clock, Job, Runtime
 from streams.kafka.serde import Contracts, registry_client
+from streams.kafka.state import DiskStores, MemoryStore, StoreBackend
 from streams.policy.audit import audit_record, dead_letter_decision
 from streams.policy.config import PolicyConfig
 from streams.settings import Settings
@@ -51,6 +52,7 @@ def runtime_of(
     metrics: JobMetrics | None = None,
     clock: Clock | None = None,
     group_id: str | None = None,
+    backend: StoreBackend | DiskStores = MemoryStore,
 ) -> Runtime:
     """One worker of ``job`` on the runtime, connected as ``settings`` say."""
     return Runtime(
@@ -61,6 +63,7 @@ def runtime_of(
         metrics=metrics,
         clock=clock or settings.clock(),
         group_id=group_id,
+        backend=backend,
     )
 
 

@@ -14,7 +14,8 @@ hashes with CRC-32. Jobs therefore pick the partition of every record they write
 themselves with ``partition_for`` so a key lands where the router would have put it
 (a log-store tombstone must land on its record's partition, or compaction never deletes).
 
-Used by the retention job (until it moves onto ``streams.kafka.runtime``).
+Used by the audit index (``streams.jobs.audit_index``): faust where at-least-once is exact by
+construction (a table of decisions keyed by decision id) and its web views serve.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from confluent_kafka.admin import AdminClient
 from faust.types import TopicT
 
 from streams.kafka.clients import client_config, faust_security
-from streams.kafka.topics import Topology, create_topic, internal_topic
+from streams.kafka.topics import Topology, internal_topic
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +112,6 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
         value_serializer="raw",
         partitions=partitions,
     )
-
-
-def ensure_topic(
-    bootstrap_servers: str,
-    name: str,
-    partitions: int,
-    config: Mapping[str, str] | None = None,
-    timeout: float = 30.0,
-) -> None:
-    """Create a job-internal topic faust does not declare itself (e.g. a command topic)."""
-    admin = AdminClient(client_config(bootstrap_servers))
-    if name not in admin.list_topics(timeout=timeout).topics:
-        create_topic(admin, name, partitions, config, timeout)
 
 
 def partition_counts(

@@ -50,6 +50,8 @@ from confluent_kafka import Message, TopicPartition
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Codec, Contracts, DecodeError
 from streams.kafka.state import (
+    DiskStore,
+    DiskStores,
     KeyValueStore,
     MemoryStore,
     StateReader,
@@ -157,6 +159,12 @@ class JobSpec:
     # Called before a record is even decoded: DEFER holds it (the router waits for the
     # facts published before the record was read); None lets it through.
     gate: Callable[[Context], Defer | None] | None = None
+    # A record without a value (a tombstone of a compacted input) goes here, not to the
+    # decoder; None: decoded like any record (and so dead-lettered: R17).
+    tombstone: Callable[[Context], None] | None = None
+    # Called after an undecodable or oversize record was dead-lettered, for a job that
+    # must still act on its coordinates (retention deletes even what it cannot read, R4).
+    undecodable: Callable[[Context], None] | None = None
     dead_letter_rules: tuple[str, ...] = ("R17",)
     # Rules added to a dead letter whose content is withheld (e.g. ("R2",) for a job whose
     # input may be a ZDR org's content).
@@ -168,6 +176,15 @@ class JobSpec:
     # about the input's order); None keeps the order they were emitted in.
     arrange: Callable[[list[Output]], list[Output]] | None = None
     batch_size: int = 5000
+    # Static group membership (KIP-345; ``group.instance.id`` = the transactional id): a
+    # worker restarted after a crash takes its partitions back at once instead of after
+    # the session timeout. The cost: a worker that leaves for good holds its partitions
+    # until the session timeout. For a job whose restart must be quick (retention: its
+    # first expiry after a SIGKILL).
+    static_membership: bool = False
+    # The fields a job reads of an input (the others are skipped in the bytes, never
+    # decoded): e.g. retention tracks ids and times of a log record, never its content.
+    read_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def subject_field(
@@ -371,10 +388,13 @@ class _Processing:
         clock: Clock,
         restore: Callable[[str, int], Mapping[bytes, bytes]],
         unwritten: Callable[[], list[Output]] = list,
-        backend: StoreBackend = MemoryStore,
+        backend: StoreBackend | DiskStores = MemoryStore,
         max_record_bytes: int = 1_000_000,
+        readers: Mapping[str, StateReader] | None = None,
     ) -> None:
-        """``restore(store, partition)``: what the store's changelog holds for a partition."""
+        """``restore(store, partition)``: what the store's changelog holds for a partition;
+        ``readers``: the changelogs' readers, for an on-disk backend (it replays only what
+        its checkpoint lacks)."""
         self.job = job
         self.spec = spec = job.spec
         self.trail = trail
@@ -383,9 +403,16 @@ class _Processing:
         self.unwritten = unwritten  # outputs of an aborted batch, to be written with the next
         self.backend = backend
         self.max_record_bytes = max_record_bytes
+        self.readers = readers or {}
+        self._next_checkpoint = 0.0
         topics = contracts.topics
         self.decoders: dict[str, Codec] = {
-            topics.name(name): contracts.codec(name) for name in spec.inputs
+            topics.name(name): (
+                contracts.codec(name).projection(spec.read_fields[name])
+                if name in spec.read_fields
+                else contracts.codec(name)
+            )
+            for name in spec.inputs
         }
         self.routes: dict[str, tuple[str, Codec]] = {
             route: (topics.name(route), contracts.codec(route)) for route in spec.outputs
@@ -413,7 +440,11 @@ class _Processing:
         store = stores.get(partition)
         if store is None:
             started = time.monotonic()
-            contents = dict(self.restore(name, partition))
+            backend = self.backend
+            if isinstance(backend, DiskStores):
+                store = backend.open(name, partition, self.readers[name].replay, self.clock())
+            else:
+                store = backend(self.restore(name, partition))
             # What an aborted batch's punctuators wrote is written again with the next batch
             # (the loop offers their outputs again): the store includes it meanwhile, so a
             # punctuator does not decide the same thing twice.
@@ -421,19 +452,36 @@ class _Processing:
             for out in self.unwritten():
                 if out.topic == topic and out.partition == partition:
                     key = out.key.encode() if isinstance(out.key, str) else out.key
-                    if key is not None and out.value is None:
-                        contents.pop(key, None)
-                    elif key is not None and isinstance(out.value, bytes):
-                        contents[key] = out.value
-            store = stores[partition] = self.backend(contents)
+                    if key is not None and (out.value is None or isinstance(out.value, bytes)):
+                        store.stage(key, out.value)
+            stores[partition] = store
+            replayed = f", {store.replayed} replayed" if isinstance(store, DiskStore) else ""
             log.info(
-                "partition %d restored: store %s, %d entries in %.2fs",
+                "partition %d restored: store %s, %d entries%s in %.2fs",
                 partition,
                 name,
                 len(store),
+                replayed,
                 time.monotonic() - started,
             )
         return store
+
+    def committed(self, checkpoint_every_s: float = 5.0) -> None:
+        """The batch's transaction committed: on-disk stores write it, and every few seconds
+        note the changelog offset they hold (a restart with the disk replays from there)."""
+        checkpoint = False
+        if isinstance(self.backend, DiskStores):
+            now = time.monotonic()
+            checkpoint = now >= self._next_checkpoint
+            if checkpoint:
+                self._next_checkpoint = now + checkpoint_every_s
+        for name, stores in self.stores.items():
+            for partition, store in stores.items():
+                store.committed()
+                if checkpoint and isinstance(store, DiskStore):
+                    # Only this worker writes the partition, and its last transaction is
+                    # acknowledged: everything below the high watermark is on disk.
+                    store.checkpoint(self.readers[name].end(partition), self.clock())
 
     def restore_owned(self) -> None:
         """Stores are restored on assignment, before the partition's first record."""
@@ -446,10 +494,12 @@ class _Processing:
         wanted."""
         for name, stores in self.stores.items():
             if partitions is None:
+                for store in stores.values():
+                    store.close()
                 stores.clear()
             for topic, partition in partitions or ():
-                if topic == self.store_topic[name]:
-                    stores.pop(partition, None)
+                if topic == self.store_topic[name] and partition in stores:
+                    stores.pop(partition).close()
 
     def changelog(self) -> list[Output]:
         """This batch's writes to every store, as records of the co-partitioned changelogs."""
@@ -504,13 +554,21 @@ class _Processing:
         if gate is not None and gate(ctx) is DEFER:
             return None
         self.consumed[source.topic] += 1
+        spec = self.spec
+        if value is None and spec.tombstone is not None:
+            spec.tombstone(ctx)
+            return outputs
         if value is not None and len(value) > self.max_record_bytes:
             ctx.dead_letter("oversize record", "Oversize")
+            if spec.undecodable is not None:
+                spec.undecodable(ctx)
             return outputs
         try:
             record = self.decoders[source.topic].decode(value)
         except DecodeError as exc:
             ctx.dead_letter(exc.reason, "DecodeError")
+            if spec.undecodable is not None:
+                spec.undecodable(ctx)
             return outputs
         try:
             if self.job.process(ctx, record) is DEFER:
@@ -581,7 +639,7 @@ class Runtime(TransactionalLoop):
         *,
         metrics: JobMetrics | None = None,
         clock: Clock = wall_clock_ms,
-        backend: StoreBackend = MemoryStore,
+        backend: StoreBackend | DiskStores = MemoryStore,
         group_id: str | None = None,
     ) -> None:
         """``group_id``: the consumer group and transactional-id prefix; by default the
@@ -610,17 +668,22 @@ class Runtime(TransactionalLoop):
             unwritten=lambda: self._unwritten,
             backend=backend,
             max_record_bytes=connection.max_record_bytes,
+            readers=readers,
         )
         group_id = group_id or topics.group(spec.name)
+        transactional_id = f"{group_id}-{connection.worker_id}"
         super().__init__(
             LoopConfig(
                 bootstrap_servers=connection.bootstrap_servers,
                 group_id=group_id,
                 # Stable per worker: a restarted worker fences its dead predecessor.
-                transactional_id=f"{group_id}-{connection.worker_id}",
+                transactional_id=transactional_id,
                 input_topics=[contracts.topics.name(name) for name in spec.inputs],
                 batch_size=spec.batch_size,
                 exit_when_stuck_s=connection.exit_when_stuck_s,
+                extra_consumer=(
+                    {"group.instance.id": transactional_id} if spec.static_membership else None
+                ),
             ),
             processing,
         )
@@ -630,6 +693,9 @@ class Runtime(TransactionalLoop):
         self._next_publish = 0.0
         for reader in readers.values():
             self.on_close.append(reader.close)
+        if isinstance(backend, DiskStores):
+            self.on_close.append(self.processor.forget)
+            self.on_close.append(backend.close)
 
     # --- the loop's extension points ----------------------------------------------------------
     def step(self) -> None:
@@ -656,6 +722,9 @@ class Runtime(TransactionalLoop):
     def aborted(self) -> None:
         # The loop went back to the committed offsets: the state must follow.
         self.processor.forget()
+
+    def committed(self) -> None:
+        self.processor.committed()
 
     def revoked(self, partitions: list[TopicPartition]) -> None:
         self._revoked_in_step = True

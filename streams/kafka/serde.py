@@ -14,6 +14,7 @@ so a dead letter or log line cannot leak a prompt (R2, R17).
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -74,6 +75,21 @@ class Codec:
         self.schema_id = schema_id
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._writers: dict[int, Any] = {self.schema_id: None}
+        self._reader: Any = None  # a projection's reader schema (None: the whole contract)
+
+    def projection(self, fields: Sequence[str]) -> Codec:
+        """A decoder of this contract that reads only ``fields``: the others are skipped in
+        the bytes (Avro schema resolution), never decoded into strings. For a job that must
+        not read what it does not need (retention tracks ids and times, not the prompt)."""
+        contract = json.loads(self.schema_text)
+        projected = {**contract, "fields": [f for f in contract["fields"] if f["name"] in fields]}
+        missing = set(fields) - {f["name"] for f in projected["fields"]}
+        if missing:
+            raise ValueError(f"not fields of {self.subject}: {sorted(missing)}")
+        codec = copy.copy(self)
+        codec._writers = {self.schema_id: self._schema}
+        codec._reader = fastavro.parse_schema(projected)
+        return codec
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         out = io.BytesIO()
@@ -96,7 +112,7 @@ class Codec:
             if writer is None:
                 record = fastavro.schemaless_reader(body, self._schema, None)
             else:
-                record = fastavro.schemaless_reader(body, writer, self._schema)
+                record = fastavro.schemaless_reader(body, writer, self._reader or self._schema)
         except UnicodeDecodeError:
             raise DecodeError("invalid UTF-8 in a string field") from None
         except (EOFError, IndexError, ValueError, TypeError, OverflowError, MemoryError) as exc:

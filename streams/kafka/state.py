@@ -14,17 +14,29 @@ outputs and consumed offsets of the batch. So state and committed offsets always
   runtime drops the stores and restores them from their changelogs.
 
 ``KeyValueStore`` is the interface (get/put/delete, ordered range scans); ``MemoryStore``
-its in-memory backend. An on-disk backend implements the same five ``_`` methods.
+its in-memory backend, restored in full from the changelog; ``DiskStores`` the on-disk one
+(RocksDB through ``rocksdict``), for state larger than RAM:
+
+- a batch's writes wait in memory until the batch's transaction has committed, then go to
+  RocksDB in one write batch (``commit``): the disk never holds what Kafka may still abort
+  (the scheme of Quix Streams' checkpoints);
+- every few seconds the changelog offset the disk is known to hold is written with the
+  data (``checkpoint``); a worker that restarts with its disk replays only the changelog
+  after it, and one that lost its disk (or whose checkpoint is older than the changelog
+  keeps tombstones, or below its start) rebuilds the partition from the changelog.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import shutil
+import struct
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -109,6 +121,20 @@ class KeyValueStore(ABC):
         changes, self._changes = self._changes, {}
         return changes
 
+    def stage(self, key: bytes, value: bytes | None) -> None:
+        """A write whose changelog record is already on its way (an aborted batch's, offered
+        again): part of the store, not recorded as a change."""
+        if value is None:
+            self._delete(key)
+        else:
+            self._put(key, value)
+
+    def committed(self) -> None:  # noqa: B027 - a hook: in memory there is nothing to do
+        """The transaction holding the writes so far has committed."""
+
+    def close(self) -> None:  # noqa: B027 - a hook: in memory there is nothing to do
+        """The store is dropped (revocation, abort, shutdown): uncommitted writes are lost."""
+
 
 class MemoryStore(KeyValueStore):
     """The in-memory backend: a dict, plus its keys sorted on demand for range scans (scans
@@ -149,6 +175,227 @@ class MemoryStore(KeyValueStore):
 
 # A backend: the store of one partition, given what its changelog holds.
 StoreBackend = Callable[[Mapping[bytes, bytes]], KeyValueStore]
+
+# The changelog's records after an offset, applied in batches: ``replay(partition, start,
+# apply)`` returns the offset the partition was read to (``StateReader.replay``).
+Replay = Callable[[int, int, Callable[[Sequence[tuple[bytes, bytes | None]]], None]], int]
+
+_META = b"\xff\xff"  # partition prefixes are 2 bytes below 0xffff: meta keys sort last
+_CHECKPOINT = struct.Struct(">qq")  # changelog offset, written at (ms)
+_ENTRIES = struct.Struct(">q")
+
+
+class DiskStores:
+    """The on-disk backend: one RocksDB for every partition of one store of this worker
+    (keys prefixed by the partition), so one memtable budget and one block cache bound
+    the worker's memory however many partitions it owns.
+
+    ``memory_mb`` splits into the write buffers (a third) and the block cache. The WAL is
+    off: the changelog is the log. After a crash RocksDB reopens at its last flushed
+    memtable, a consistent point that includes its own checkpoint, and the changelog
+    after that checkpoint is replayed.
+    """
+
+    def __init__(self, directory: Path, memory_mb: int = 96, stale_after_ms: int = 43_200_000):
+        """``stale_after_ms``: a checkpoint older than this is not trusted (the changelog's
+        ``delete.retention.ms`` must be longer: a tombstone compacted away after the
+        checkpoint would leave a deleted key behind on disk)."""
+        from rocksdict import (  # imported here: jobs without on-disk state never load it
+            BlockBasedOptions,
+            Cache,
+            DBCompressionType,
+            Options,
+            Rdict,
+            WriteOptions,
+        )
+
+        self.directory = directory
+        self.stale_after_ms = stale_after_ms
+        self._rdict = Rdict
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_compression_type(DBCompressionType.lz4())
+        options.set_bottommost_compression_type(DBCompressionType.zstd())
+        options.set_db_write_buffer_size(memory_mb * 1024 * 1024 // 3)
+        options.set_write_buffer_size(memory_mb * 1024 * 1024 // 6)
+        options.set_max_write_buffer_number(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(memory_mb * 1024 * 1024 * 2 // 3))
+        table.set_bloom_filter(10, False)
+        table.set_cache_index_and_filter_blocks(True)
+        options.set_block_based_table_factory(table)
+        options.increase_parallelism(2)
+        self._options = options
+        self._write_options = WriteOptions()
+        self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
+        self._dbs: dict[str, Any] = {}
+
+    def db(self, name: str) -> Any:
+        db = self._dbs.get(name)
+        if db is None:
+            path = self.directory / name
+            path.mkdir(parents=True, exist_ok=True)
+            db = self._dbs[name] = self._rdict(str(path), self._options)
+            db.set_write_options(self._write_options)
+        return db
+
+    def open(self, name: str, partition: int, replay: Replay, now_ms: int) -> DiskStore:
+        """Partition ``partition`` of store ``name``, brought up to the changelog's end."""
+        store = DiskStore(self.db(name), partition)
+        store.restore(replay, now_ms, self.stale_after_ms)
+        return store
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+        self._dbs.clear()
+
+    def destroy(self) -> None:
+        """The disk lost (tests, benchmarks): every store of this worker removed."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class DiskStore(KeyValueStore):
+    """One partition of a ``DiskStores`` store; writes wait in ``_pending`` until the
+    transaction that carries their changelog records commits (``committed``)."""
+
+    def __init__(self, db: Any, partition: int) -> None:
+        super().__init__()
+        if not 0 <= partition < 0xFFFF:
+            raise ValueError("partition out of range for an on-disk store")
+        self._db = db
+        self.partition = partition
+        self._prefix = partition.to_bytes(2, "big")
+        self._end = (partition + 1).to_bytes(2, "big")
+        self._meta = _META + self._prefix
+        self._entries_key = self._meta + b"n"  # written with every write batch
+        self._pending: dict[bytes, bytes | None] = {}
+        self._entries = 0
+        self.restored_from = -1  # the changelog offset the last restore started at
+        self.replayed = 0  # changelog records applied by the last restore
+
+    # --- the backend --------------------------------------------------------------------
+    def _get(self, key: bytes) -> bytes | None:
+        pending = self._pending
+        if key in pending:
+            return pending[key]
+        value: bytes | None = self._db.get(self._prefix + key)
+        return value
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+
+    def _delete(self, key: bytes) -> None:
+        self._pending[key] = None
+
+    def _range(self, start: bytes | None, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        from rocksdict import ReadOptions
+
+        prefix = self._prefix
+        cut = len(prefix)
+        upper = prefix + end if end is not None else self._end
+        # Snapshots of what is pending in the range: the caller may write while it scans.
+        pending = sorted(
+            (k, v)
+            for k, v in self._pending.items()
+            if (start is None or k >= start) and (end is None or k < end)
+        )
+        options = ReadOptions()
+        options.set_iterate_upper_bound(upper)
+        options.fill_cache(False)  # type: ignore[call-arg]  # a long scan must not evict the hot point reads' blocks
+        it = self._db.iter(options)
+        it.seek(prefix + (start or b""))
+        index = 0
+        while True:
+            disk_key: bytes | None = it.key()[cut:] if it.valid() else None
+            if index < len(pending) and (disk_key is None or pending[index][0] <= disk_key):
+                key, value = pending[index]
+                index += 1
+                if disk_key == key:
+                    it.next()
+                if value is not None:
+                    yield key, value
+            elif disk_key is not None:
+                value = it.value()
+                it.next()
+                yield disk_key, value
+            else:
+                return
+
+    def __len__(self) -> int:
+        """Entries on disk (what is still pending counted once committed)."""
+        return self._entries
+
+    # --- what the runtime uses ----------------------------------------------------------
+    def committed(self) -> None:
+        """Write what the committed transaction carried, in one write batch."""
+        if self._pending:
+            self._write(list(self._pending.items()))
+            self._pending.clear()
+
+    def close(self) -> None:
+        self._pending.clear()
+
+    def checkpoint(self, offset: int, now_ms: int) -> None:
+        """Everything in the changelog below ``offset`` is on disk (call after ``committed``)."""
+        self._db[self._meta] = _CHECKPOINT.pack(offset, now_ms)
+
+    def restore(self, replay: Replay, now_ms: int, stale_after_ms: int) -> None:
+        meta = self._db.get(self._meta)
+        start = 0
+        if meta is not None:
+            offset, written_at = _CHECKPOINT.unpack(meta)
+            if now_ms - written_at <= stale_after_ms:
+                start = offset
+                entries = self._db.get(self._entries_key)
+                self._entries = _ENTRIES.unpack(entries)[0] if entries is not None else 0
+        if start == 0:
+            # Nothing on disk to trust: whatever a crash left before the first checkpoint,
+            # or a checkpoint too old, is rebuilt from the whole changelog.
+            self._wipe()
+        self.restored_from = start
+        self.replayed = 0
+        end = replay(self.partition, start, self._replayed)
+        if end < start:
+            # The changelog is shorter than the checkpoint: not this store's changelog any
+            # more (recreated): rebuild from it.
+            self._wipe()
+            self.restored_from = 0
+            end = replay(self.partition, 0, self._replayed)
+        self.checkpoint(end, now_ms)
+
+    def _wipe(self) -> None:
+        self._db.delete_range(self._prefix, self._end)
+        self._entries = 0
+        self._db[self._entries_key] = _ENTRIES.pack(0)
+
+    def _replayed(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self.replayed += len(changes)
+        self._write(changes)
+
+    def _write(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        from rocksdict import WriteBatch
+
+        prefix = self._prefix
+        changes = list(dict(changes).items())  # the last write of each key
+        keys = [prefix + key for key, _ in changes]
+        # Whether each key is on disk already: the entry count stays exact without a scan.
+        present = self._db.get(keys)
+        batch = WriteBatch(raw_mode=True)
+        entries = self._entries
+        for disk_key, (_, value), old in zip(keys, changes, present, strict=True):
+            if value is None:
+                if old is not None:
+                    entries -= 1
+                    batch.delete(disk_key)
+            else:
+                if old is None:
+                    entries += 1
+                batch.put(disk_key, value)
+        batch.put(self._entries_key, _ENTRIES.pack(entries))
+        self._db.write(batch)
+        self._entries = entries
 
 
 class StateReader:
@@ -199,6 +446,39 @@ class StateReader:
         finally:
             self._reader.unassign()
         return live
+
+    def replay(
+        self,
+        partition: int,
+        start: int,
+        apply: Callable[[Sequence[tuple[bytes, bytes | None]]], None],
+    ) -> int:
+        """Apply the committed records from ``start`` to the partition's end as of now, in
+        batches (None: a tombstone); returns that end (``start`` if nothing was there)."""
+        tp = TopicPartition(self.topic, partition)
+        _, end = self._probe.get_watermark_offsets(tp, timeout=15)
+        if end <= start:
+            return int(end)
+        self._reader.assign([TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)])
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while self._reader.position([tp])[0].offset < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.topic}/{partition} not read to its end in time")
+                batch = [
+                    (key, message.value())
+                    for message in self._reader.consume(5000, 0.2)
+                    if message.error() is None and (key := message.key()) is not None
+                ]
+                if batch:
+                    apply(batch)
+        finally:
+            self._reader.unassign()
+        return int(end)
+
+    def end(self, partition: int) -> int:
+        """The partition's high watermark (after a commit: every record written before)."""
+        return int(self._probe.get_watermark_offsets(TopicPartition(self.topic, partition), 15)[1])
 
     def close(self) -> None:
         self._reader.close()

@@ -252,6 +252,9 @@ class TransactionalLoop:
     def revoked(self, partitions: list[TopicPartition]) -> None:
         """After the group took ``partitions`` away (their uncommitted work is dropped)."""
 
+    def committed(self) -> None:
+        """After the batch's transaction committed (state may now be made durable)."""
+
     def _commit(self, outputs: list[Output], offsets: dict[tuple[str, int], int]) -> None:
         arranged = self.arrange(outputs)
         if arranged is None:
@@ -289,6 +292,7 @@ class TransactionalLoop:
             self._commit_started = None
         self.produced += len(outputs)
         self.transactions += 1
+        self.committed()
 
     def _commit_transaction(self) -> None:
         # A broker restart can make a commit time out; librdkafka allows retrying the same

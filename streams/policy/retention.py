@@ -4,24 +4,27 @@ to safety review.
 Pure logic: no Kafka, no faust. ``streams.jobs.retention`` feeds it and turns its effects
 into records.
 
-One ``RetentionBook`` per log-store partition. It knows
+One ``RetentionBook`` per log-store partition. Its ``TrackedStore`` keeps
 
 * the *tracked* records of its partition (``Tracked``: ids, creation time, the retention
   days the router stamped (R7 already applied there), and the log-store offset of the
   value, so the job can read the content back for a safety review; never the content
-  itself),
+  itself), findable by org and creation time;
+* the expiry schedule: (due time, request id) entries read in time order, so a tick
+  reads only what is due; and the records found due but held (*parked*);
 * the hold facts it was told about (R5 misuse flags, R6 legal holds) and account deletions
-  (R15), persisted as *facts* in the same store so a restart rebuilds them,
-* an expiry schedule derived from both (``load`` rebuilds it from the store).
+  (R15), persisted as *facts* so a restart rebuilds them.
+
+Only the holds and deletions live in the book's memory (``load`` reads them back from the
+store's facts): they are few. Tracked records, schedule and parked records stay in the
+store, which may be on disk: a book's memory does not grow with what it tracks.
 
 Inputs are applied in order and each returns ``Effect``s: a ``Deletion`` (tombstone plus
 deletion event), a ``Review`` (the record's full log to the safety review topic) or a
 ``Note`` (an audit-only decision). Every effect becomes one R16 audit record.
 
-The book writes to its store as it decides. The job stages those writes and persists them
-only once the effects' output records are acknowledged, so persisted state never runs
-ahead of the outputs: a crash can repeat an output (every output is keyed by request id,
-so repeats are idempotent) but can never lose a deletion.
+The book writes to its store as it decides; the job writes those writes in the same
+transaction as the effects' output records (exactly once).
 
 Rules, as decided here:
 
@@ -54,7 +57,7 @@ Where the policy is silent (choices that protect the customer's data):
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import json
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -75,10 +78,8 @@ from streams.policy.models import (
     MisuseFlag,
 )
 
-# Expiry schedule granularity: records are filed in buckets of this many ms and a bucket
-# is opened (moved to an exact heap) when its start is reached, so the schedule costs one
-# list slot per record instead of a heap tuple.
-BUCKET_MS = 60_000
+# Schedule entries read per store query when sweeping what is due.
+SWEEP_CHUNK = 512
 
 
 class DeletionReason(StrEnum):
@@ -120,26 +121,6 @@ class Tracked:
     def expires_at_ms(self) -> int:
         """R4/R7: the normal expiry, ``retention_days`` after creation."""
         return self.created_at_ms + self.retention_days * DAY_MS
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            [
-                self.partition,
-                self.org_id,
-                self.api_key_id,
-                self.created_at_ms,
-                self.retention_days,
-                self.offset,
-                list(self.reviewed),
-                self.consent_version,
-            ],
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def decode(cls, request_id: str, data: bytes) -> Tracked:
-        p, org, key, created, days, offset, reviewed, consent = json.loads(data)
-        return cls(request_id, org, key, created, days, p, offset, tuple(reviewed), consent)
 
 
 def tracked_from_log_record(
@@ -253,7 +234,8 @@ class TickResult:
 
 # --- storage -----------------------------------------------------------------------------
 class TrackedStore(Protocol):
-    """The book's persistent state for one partition: tracked records and facts."""
+    """The book's persistent state for one partition: tracked records (by id, and by org and
+    creation time), the expiry schedule, parked records and facts."""
 
     def get(self, request_id: str) -> Tracked | None: ...
 
@@ -261,11 +243,31 @@ class TrackedStore(Protocol):
 
     def delete(self, request_id: str) -> None: ...
 
-    def scan(self, org_id: str | None = None) -> Iterable[Tracked]:
-        """The partition's records (with ``org_id``: at least every record of that org)."""
+    def scan(
+        self, org_id: str, created_from_ms: int = 0, created_to_ms: int | None = None
+    ) -> Iterable[Tracked]:
+        """The org's records created in [from, to) (None: no upper bound)."""
         ...
 
+    def schedule(self, request_id: str, due_ms: int) -> None: ...
+
+    def unschedule(self, due_ms: int, request_id: str) -> None: ...
+
+    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` schedule entries due at or before ``until_ms``, earliest first."""
+        ...
+
+    def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None: ...
+
+    def unpark(self, request_id: str) -> None: ...
+
+    def is_parked(self, request_id: str) -> bool: ...
+
+    def parked(self) -> Iterable[str]: ...
+
     def put_fact(self, key: str, value: Mapping[str, Any]) -> None: ...
+
+    def has_fact(self, key: str) -> bool: ...
 
     def facts(self) -> Iterable[tuple[str, Mapping[str, Any]]]: ...
 
@@ -273,30 +275,65 @@ class TrackedStore(Protocol):
 
 
 class DictStore:
-    """In-memory ``TrackedStore`` holding encoded rows (as the job's table does)."""
+    """In-memory ``TrackedStore`` (tests; the job's is on disk)."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, bytes] = {}
+        self.rows: dict[str, Tracked] = {}
+        self.entries: list[tuple[int, str]] = []  # sorted
+        self.held: dict[str, tuple[str, ...]] = {}
         self.fact_rows: dict[str, dict[str, Any]] = {}
 
     def get(self, request_id: str) -> Tracked | None:
-        data = self.rows.get(request_id)
-        return None if data is None else Tracked.decode(request_id, data)
+        return self.rows.get(request_id)
 
     def put(self, record: Tracked) -> None:
-        self.rows[record.request_id] = record.encode()
+        self.rows[record.request_id] = record
 
     def delete(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
 
-    def scan(self, org_id: str | None = None) -> Iterator[Tracked]:
-        for request_id, data in list(self.rows.items()):
-            record = Tracked.decode(request_id, data)
-            if org_id is None or record.org_id == org_id:
+    def scan(
+        self, org_id: str, created_from_ms: int = 0, created_to_ms: int | None = None
+    ) -> Iterator[Tracked]:
+        for record in list(self.rows.values()):
+            if record.org_id == org_id and created_from_ms <= record.created_at_ms and (
+                created_to_ms is None or record.created_at_ms < created_to_ms
+            ):
                 yield record
+
+    def schedule(self, request_id: str, due_ms: int) -> None:
+        entry = (due_ms, request_id)
+        at = bisect.bisect_left(self.entries, entry)
+        if at == len(self.entries) or self.entries[at] != entry:
+            self.entries.insert(at, entry)
+
+    def unschedule(self, due_ms: int, request_id: str) -> None:
+        entry = (due_ms, request_id)
+        at = bisect.bisect_left(self.entries, entry)
+        if at < len(self.entries) and self.entries[at] == entry:
+            del self.entries[at]
+
+    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+        end = bisect.bisect_right(self.entries, (until_ms, "\U0010ffff"))
+        return self.entries[: min(end, limit)]
+
+    def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None:
+        self.held[request_id] = hold_ids
+
+    def unpark(self, request_id: str) -> None:
+        self.held.pop(request_id, None)
+
+    def is_parked(self, request_id: str) -> bool:
+        return request_id in self.held
+
+    def parked(self) -> Iterable[str]:
+        return list(self.held)
 
     def put_fact(self, key: str, value: Mapping[str, Any]) -> None:
         self.fact_rows[key] = dict(value)
+
+    def has_fact(self, key: str) -> bool:
+        return key in self.fact_rows
 
     def facts(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
         return list(self.fact_rows.items())
@@ -321,6 +358,16 @@ def _fact_key(kind: str, org_id: str, fact_id: str, action: str) -> str:
     return json.dumps([kind, org_id, fact_id, action], separators=(",", ":"))
 
 
+def fact_key(fact: MisuseFlag | LegalHold | AccountDeletionRequest) -> str:
+    """The key a book files ``fact`` under once it has applied it (``TrackedStore.has_fact``:
+    the job applies each fact to each partition's book once)."""
+    if isinstance(fact, MisuseFlag):
+        return _fact_key("flag", fact.org_id, fact.flag_id, fact.action)
+    if isinstance(fact, LegalHold):
+        return _fact_key("legal", fact.org_id, fact.hold_id, fact.action)
+    return _fact_key("deletion", fact.org_id, "", "")
+
+
 # --- the book ----------------------------------------------------------------------------
 class RetentionBook:
     """Retention state and decisions for one log-store partition."""
@@ -343,24 +390,18 @@ class RetentionBook:
         # org -> (kind, id) -> (hold, release time): a released hold covers until then.
         self._released: dict[str, dict[tuple[str, str], tuple[Hold, int]]] = {}
         self._deleted_orgs: dict[str, int] = {}  # R15: org -> deletion requested at
-        self._buckets: dict[int, list[str]] = {}
-        self._bucket_heap: list[int] = []
-        self._opened = -1  # every bucket <= this one has been moved to ``_due``
-        self._due: list[tuple[int, str]] = []
-        self._parked: dict[str, tuple[str, ...]] = {}  # due but held: request id -> hold ids
         if load:
             self.load()
 
     # --- recovery ------------------------------------------------------------------
-    def load(self, records: Iterable[Tracked] | None = None) -> None:
-        """Rebuild holds, deletions and the schedule from the store (after a restart).
-
-        ``records``: this partition's tracked records when the caller already has them
-        (the job reads its table once for every partition); default ``store.scan()``.
-        """
+    def load(self) -> None:
+        """Rebuild holds and deletions from the store's facts (after a restart); the tracked
+        records and their schedule stay in the store."""
         facts = sorted(self.store.facts(), key=lambda kv: _FACT_ORDER.get(json.loads(kv[0])[3], 9))
         for key, value in facts:
             kind = json.loads(key)[0]
+            if not value:
+                continue  # a released hold, pruned (``prune_released``)
             if kind == "flag":
                 self._apply_flag(MisuseFlag(**value))
             elif kind == "legal":
@@ -368,8 +409,6 @@ class RetentionBook:
             elif kind == "deletion":
                 request = AccountDeletionRequest(**value)
                 self._note_deletion(request)
-        for record in self.store.scan() if records is None else records:
-            self._schedule(record.request_id, self.due_at(record))
 
     # --- queries -------------------------------------------------------------------
     def due_at(self, record: Tracked) -> int:
@@ -408,7 +447,11 @@ class RetentionBook:
         return owner_partition(request_id, self.partitions) == self.partition
 
     def is_held(self, request_id: str) -> bool:
-        return request_id in self._parked
+        return self.store.is_parked(request_id)
+
+    def has_applied(self, fact: MisuseFlag | LegalHold | AccountDeletionRequest) -> bool:
+        """Whether this book already applied ``fact`` (see ``fact_key``)."""
+        return self.store.has_fact(fact_key(fact))
 
     def deletion_requested_at(self, org_id: str) -> int | None:
         return self._deleted_orgs.get(org_id)
@@ -424,7 +467,7 @@ class RetentionBook:
             # R5: a flag already sent this record to review; a replay must not send it twice.
             record = replace(record, reviewed=previous.reviewed)
         self.store.put(record)
-        self._parked.pop(record.request_id, None)
+        self.store.unpark(record.request_id)
         due = self.due_at(record)
         effects: list[Effect] = [self._retained_note(record, due)]
         if record.org_id not in self._deleted_orgs:
@@ -444,7 +487,7 @@ class RetentionBook:
     def forget(self, request_id: str) -> None:
         """A tombstone in the log store (ours, read back): nothing is retained any more."""
         self.store.delete(request_id)
-        self._parked.pop(request_id, None)
+        self.store.unpark(request_id)
 
     def flag(self, flag: MisuseFlag, now_ms: int, limit: int = 1000) -> list[Effect]:
         """R5: a misuse flag is raised (hold + safety review) or released."""
@@ -487,10 +530,10 @@ class RetentionBook:
         self._note_deletion(request)
         due = self._deleted_orgs[request.org_id]
         matched = 0
-        for record in self.store.scan(org_id=request.org_id):
+        for record in self.store.scan(request.org_id):
             if record.org_id == request.org_id:
                 matched += 1
-                self._parked.pop(record.request_id, None)
+                self.store.unpark(record.request_id)
                 self._schedule(record.request_id, min(due, record.expires_at_ms))
         subject = _Subject(request.deletion_id, "account_deletion", request.org_id, self.partition)
         effects: list[Effect] = [
@@ -532,6 +575,24 @@ class RetentionBook:
         if released is not None:  # a repeated release finds nothing: the first instant stands
             self._released.setdefault(org_id, {})[(kind, hold_id)] = (released, at_ms)
 
+    def prune_released(self, now_ms: int, keep_ms: int = DAY_MS) -> int:
+        """Forget holds released more than ``keep_ms`` before ``now_ms``: by then every
+        record they held was due at the release and has been swept. Their facts stay filed
+        as empty markers, so the hold is not applied again when it is read again."""
+        pruned = 0
+        for org_id, released in list(self._released.items()):
+            for (kind, hold_id), (_, at_ms) in list(released.items()):
+                if at_ms + keep_ms > now_ms:
+                    continue
+                del released[(kind, hold_id)]
+                fact_kind, placed = ("flag", "RAISE") if kind == "misuse" else ("legal", "PLACE")
+                for action in (placed, "RELEASE"):
+                    self.store.put_fact(_fact_key(fact_kind, org_id, hold_id, action), {})
+                pruned += 1
+            if not released:
+                del self._released[org_id]
+        return pruned
+
     def released_hold(self, org_id: str, kind: str, hold_id: str) -> Hold | None:
         entry = self._released.get(org_id, {}).get((kind, hold_id))
         return entry[0] if entry else None
@@ -551,7 +612,7 @@ class RetentionBook:
         else:
             candidates = [
                 r
-                for r in self.store.scan(org_id=hold.org_id)
+                for r in self.store.scan(hold.org_id, hold.window_start_ms, hold.window_end_ms)
                 if hold.covers(r.org_id, r.api_key_id, r.request_id, r.created_at_ms)
             ]
         for record in candidates:
@@ -621,17 +682,17 @@ class RetentionBook:
                 )
             ]
         requeued = 0
-        for request_id in list(self._parked):
+        for request_id in list(self.store.parked()):
             record = self.store.get(request_id)
             if record is None:
-                self._parked.pop(request_id, None)
+                self.store.unpark(request_id)
                 continue
             if not released.covers(
                 record.org_id, record.api_key_id, record.request_id, record.created_at_ms
             ):
                 continue
             # R5/R6: deleted at the later of its normal expiry and the release.
-            self._parked.pop(request_id)
+            self.store.unpark(request_id)
             self._schedule(request_id, max(self.due_at(record), release_at_ms))
             requeued += 1
         effects: list[Effect] = [
@@ -654,57 +715,41 @@ class RetentionBook:
 
     # --- schedule ------------------------------------------------------------------
     def _schedule(self, request_id: str, due_ms: int) -> None:
-        bucket = due_ms // BUCKET_MS
-        if bucket <= self._opened:
-            heapq.heappush(self._due, (due_ms, request_id))
-            return
-        entries = self._buckets.get(bucket)
-        if entries is None:
-            self._buckets[bucket] = [request_id]
-            heapq.heappush(self._bucket_heap, bucket)
-        else:
-            entries.append(request_id)
-
-    def _open_until(self, now_ms: int) -> None:
-        now_bucket = now_ms // BUCKET_MS
-        while self._bucket_heap and self._bucket_heap[0] <= now_bucket:
-            bucket = heapq.heappop(self._bucket_heap)
-            self._opened = max(self._opened, bucket)
-            for request_id in self._buckets.pop(bucket, ()):
-                record = self.store.get(request_id)
-                if record is not None:
-                    self._schedule(request_id, self.due_at(record))
-        self._opened = max(self._opened, now_bucket)
+        # An earlier entry of the record stays: the sweep finds the record not due at it
+        # and drops it, so a due time changes with one write, not a lookup and two.
+        self.store.schedule(request_id, due_ms)
 
     def _sweep(self, now_ms: int, limit: int) -> TickResult:
-        self._open_until(now_ms)
         result = TickResult()
         deleted = 0
-        due = self._due
-        while due and due[0][0] <= now_ms:
-            if deleted >= limit:
-                result.more = True
-                break
-            _, request_id = heapq.heappop(due)
-            record = self.store.get(request_id)
-            if record is None or request_id in self._parked:
-                continue  # already deleted, or already known to be held
-            if self.due_at(record) > now_ms:
-                continue  # rescheduled since (a later entry exists)
-            holds = self._active_holds(record)
-            if holds:
-                self._parked[request_id] = tuple(h.hold_id for h in holds)
-                result.effects.append(self._held_note(record, holds))
-                continue
-            releasing = self._releasing(record, now_ms)
-            if releasing:
-                # R5/R6: released with effect from a later instant: due then.
-                self._schedule(request_id, max(at for _, at in releasing))
-                continue
-            self.store.delete(request_id)
-            result.effects.append(self._deletion(record, now_ms))
-            deleted += 1
-        return result
+        store = self.store
+        while True:
+            entries = store.due(now_ms, SWEEP_CHUNK)
+            for due_ms, request_id in entries:
+                if deleted >= limit:
+                    result.more = True
+                    return result
+                store.unschedule(due_ms, request_id)
+                record = store.get(request_id)
+                if record is None or store.is_parked(request_id):
+                    continue  # already deleted, or already known to be held
+                if self.due_at(record) > now_ms:
+                    continue  # rescheduled since (a later entry exists)
+                holds = self._active_holds(record)
+                if holds:
+                    store.park(request_id, tuple(h.hold_id for h in holds))
+                    result.effects.append(self._held_note(record, holds))
+                    continue
+                releasing = self._releasing(record, now_ms)
+                if releasing:
+                    # R5/R6: released with effect from a later instant: due then.
+                    self._schedule(request_id, max(at for _, at in releasing))
+                    continue
+                store.delete(request_id)
+                result.effects.append(self._deletion(record, now_ms))
+                deleted += 1
+            if len(entries) < SWEEP_CHUNK:
+                return result
 
     # --- decisions -----------------------------------------------------------------
     def _deletion(self, record: Tracked, now_ms: int) -> Deletion:

@@ -22,9 +22,10 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from streams.jobs.retention import decode_control, decode_log_value
+from streams.jobs.retention import RetentionJob, RetentionSettings, decode_control
 from streams.jobs.router import Router
 from streams.jobs.safety_evaluation import SafetyEvaluationJob
 from streams.jobs.usage import UsageJob
@@ -34,7 +35,6 @@ from streams.kafka.runtime import JobDriver
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology
 from streams.kafka.transactional import Output, resolved
-from streams.policy.audit import Source
 from streams.policy.config import PolicyConfig
 from streams.policy.models import (
     DAY_MS,
@@ -44,7 +44,6 @@ from streams.policy.models import (
     InvalidRecord,
 )
 from streams.policy.redaction import Redactor
-from streams.policy.retention import DictStore, RetentionBook
 from streams.policy.routing import validate_finetune_row, validate_request
 
 NOW = 1_790_000_000_000
@@ -167,7 +166,12 @@ def build_targets() -> dict[str, Target]:
 
     retention_codecs = {f: codec(f) for f in ("misuse_flags", "legal_holds", "account_deletions")}
     ops = {"misuse_flags": "flag", "legal_holds": "legal", "account_deletions": "deletion"}
-    book = RetentionBook(config, DictStore(), 0, 6)
+    retention = JobDriver(
+        RetentionJob(RetentionSettings(config, topics, Path("unused")), contracts, 6),
+        contracts,
+        trail,
+        clock=lambda: NOW,
+    )
 
     def retention_control(field_name: str, value: bytes) -> None:
         control(field_name, value)  # the router reads these topics too
@@ -177,12 +181,11 @@ def build_targets() -> dict[str, Target]:
             return  # the job dead-letters exactly these
 
     def log_store(value: bytes) -> None:
-        try:
-            tracked = decode_log_value(codec("log_store"), "r-1", value, Source("log", 0, 1))
-        except (DecodeError, InvalidRecord):
-            return
-        book.record(tracked, NOW)
-        book.forget(tracked.request_id)
+        # The real job: a bad value is dead-lettered without its bytes and still tracked
+        # for deletion (R4 + R17); a good one is tracked. Then our own tombstone.
+        retention.process("log_store", b"r-1", value)
+        retention.process("log_store", b"r-1", None)
+        retention.commit()
 
     usage = JobDriver(UsageJob(config), contracts, trail, clock=lambda: NOW)
     safety = JobDriver(SafetyEvaluationJob(config, Redactor()), contracts, trail, lambda: NOW)

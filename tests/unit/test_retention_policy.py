@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams.jobs.retention import BookStore
+from streams.kafka.state import MemoryStore
 from streams.policy.config import PolicyConfig
 from streams.policy.models import (
     DAY_MS,
@@ -26,7 +28,6 @@ from streams.policy.models import (
     MisuseFlag,
 )
 from streams.policy.retention import (
-    BUCKET_MS,
     Deletion,
     DeletionReason,
     DictStore,
@@ -148,17 +149,17 @@ def test_R4_tick_limit_spreads_a_backlog_over_ticks() -> None:
     assert len(deletions(third.effects)) == 5 and not third.more
 
 
-def test_R4_records_in_late_buckets_and_the_same_bucket_are_exact() -> None:
+def test_R4_expiry_is_exact_to_the_millisecond_whenever_a_record_is_scheduled() -> None:
     b = book()
     b.record(rec("a", created=T0 + 10), now_ms=T0)
-    b.record(rec("b", created=T0 + BUCKET_MS - 1), now_ms=T0)
+    b.record(rec("b", created=T0 + 60_000 - 1), now_ms=T0)
     assert deletions(b.tick(DAY30 + 9).effects) == {}
     assert set(deletions(b.tick(DAY30 + 10).effects)) == {"a"}
-    # A record scheduled into the bucket already opened is still exact.
+    # A record scheduled after a tick passed its time is still exact.
     b.record(rec("c", created=T0 + 20), now_ms=DAY30 + 10)
     assert deletions(b.tick(DAY30 + 19).effects) == {}
     assert set(deletions(b.tick(DAY30 + 20).effects)) == {"c"}
-    assert set(deletions(b.tick(DAY30 + BUCKET_MS).effects)) == {"b"}
+    assert set(deletions(b.tick(DAY30 + 60_000).effects)) == {"b"}
 
 
 def test_R4_rewritten_record_keeps_one_schedule_and_is_deleted_once() -> None:
@@ -445,7 +446,9 @@ def log_record(**overrides: Any) -> dict[str, Any]:
 def test_R17_log_record_validation() -> None:
     tracked = tracked_from_log_record(log_record(), "r1", partition=3, offset=42)
     assert (tracked.partition, tracked.offset, tracked.expires_at_ms) == (3, 42, DAY30)
-    assert "secret" not in tracked.encode().decode()  # never content in state (R2)
+    store = MemoryStore()
+    BookStore(store, 3).put(tracked)
+    assert all(b"secret" not in k + v for k, v in store.items())  # never content (R2)
     for bad, key in (
         (log_record(request_id=""), None),
         (log_record(), "other"),
@@ -466,7 +469,9 @@ def test_R4_R17_unreadable_log_value_still_expires_30_days_after_receipt() -> No
 
 def test_tracked_encoding_round_trips() -> None:
     t = Tracked("r|1", "org\x1f", "k", 1, 30, 5, 99, ("f1", "f2"), "c")
-    assert Tracked.decode("r|1", t.encode()) == t
+    store = BookStore(MemoryStore(), 5)
+    store.put(t)
+    assert store.get("r|1") == t
 
 
 # --- properties against a brute-force reference ------------------------------------------
@@ -539,9 +544,21 @@ def _hold_messages(payload: tuple[Any, ...], action: str, step: int) -> MisuseFl
 
 
 def run_book(timeline: Timeline) -> tuple[dict[str, tuple[int, Deletion]], list[Effect]]:
-    """Feed the timeline to a book (ticking every step, restarting where drawn)."""
-    store = DictStore()
-    b = book(store)
+    """Feed the timeline to a book on the job's store adapter (ticking every step,
+    restarting where drawn: the store rebuilt from its changelog, as a worker does)."""
+    changelog: dict[bytes, bytes] = {}
+
+    def restored() -> RetentionBook:
+        return book(BookStore(MemoryStore(changelog), 0))
+
+    def commit() -> None:
+        for key, value in b.store.kv.take_changes().items():  # type: ignore[attr-defined]
+            if value is None:
+                changelog.pop(key, None)
+            else:
+                changelog[key] = value
+
+    b = restored()
     by_step: dict[int, list[tuple[int, str, Any]]] = {}
     for event in timeline.events:
         by_step.setdefault(event[0], []).append(event)
@@ -550,7 +567,8 @@ def run_book(timeline: Timeline) -> tuple[dict[str, tuple[int, Deletion]], list[
     for step in range(STEPS + 24 * 4):
         now = T0 + step * STEP
         if step in timeline.restarts:
-            b = book(store)
+            commit()
+            b = restored()
         effects: list[Effect] = []
         for _, kind, payload in by_step.get(step, []):
             if kind == "record":
@@ -571,6 +589,7 @@ def run_book(timeline: Timeline) -> tuple[dict[str, tuple[int, Deletion]], list[
             effects += result.effects
             if not result.more:
                 break
+        commit()
         for d in deletions(effects).values():
             assert d.record.request_id not in deleted, "deleted twice"
             deleted[d.record.request_id] = (step, d)
@@ -662,56 +681,49 @@ def test_R5_flag_arriving_at_day_30_before_the_tick_still_catches_the_record() -
 
 
 # --- the job's state adapter and clock (in-process fakes) -------------------------------------
-class FakeTable:
-    """What StagedStore uses of a faust Table: its local store and its changelog."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-        self.changelog: list[tuple[int, str, bytes | None]] = []
-
-    def send_changelog(self, partition: int, key: str, value: bytes | None) -> None:
-        self.changelog.append((partition, key, value))
-
-
-def test_R4_staged_store_writes_tables_only_on_commit_and_only_its_partition() -> None:
-    from streams.jobs.retention import StagedStore
-
-    rows, facts = FakeTable(), FakeTable()
-    rows.data["other"] = Tracked("other", "o", "k", T0, 30, partition=1, offset=0).encode()
-    store = StagedStore(rows, facts, partition=0)
-    assert store.get("other") is None  # partition 1's row is not partition 0's business
+def test_R4_R5_R15_book_store_indexes_find_only_what_is_asked() -> None:
+    """The job's store: an org's records by creation window, the schedule in time order,
+    and a restart from the changelog that decides the same (R4, R5, R6, R15)."""
+    kv = MemoryStore()
+    store = BookStore(kv, 0)
     b = RetentionBook(CONFIG, store, partition=0)
-    b.record(rec(), now_ms=T0)
-    b.legal_hold(legal(), now_ms=T0)
-    store.end_event(keep=True)
-    assert rows.data.keys() == {"other"} and rows.changelog == [] and facts.changelog == []
-    assert store.get("r1") is not None and [r.request_id for r in store.scan()] == ["r1"]
-    rows.data["org-b-row"] = Tracked("org-b-row", "org-b", "k", T0, 30, 0, 1).encode()
-    assert {r.request_id for r in store.scan(org_id="org-b")} == {"org-b-row"}
-    assert {r.request_id for r in store.scan()} == {"r1", "org-b-row"}
-    del rows.data["org-b-row"]
-    store.commit()
-    assert rows.changelog == [(0, "r1", rows.data["r1"])]
-    assert facts.changelog and all(p == 0 for p, _, _ in facts.changelog)
-    # A failed decision leaves nothing behind.
-    store.delete("r1")
-    store.end_event(keep=False)
-    store.commit()
-    assert "r1" in rows.data
-    # A deletion reaches the table and its changelog as a tombstone.
-    b.tick(DAY30 + 40 * DAY_MS)  # held by the legal hold: nothing deleted
-    store.commit()
-    assert "r1" in rows.data
-    b.legal_hold(legal(action=HoldAction.RELEASE, at=DAY30 + 41 * DAY_MS), DAY30 + 41 * DAY_MS)
-    store.commit()
-    assert "r1" not in rows.data and rows.changelog[-1] == (0, "r1", None)
-    # A restart sees the same holds and records through the facts.
-    again = RetentionBook(CONFIG, StagedStore(rows, facts, partition=0), partition=0)
-    assert again.holds.released_at("h1", "org-a", "legal") == DAY30 + 41 * DAY_MS
+    for i in range(5):
+        b.record(rec(f"a{i}", org="org-a", created=T0 + i), now_ms=T0)
+        b.record(rec(f"b{i}", org="org-b", created=T0 + i), now_ms=T0)
+    b.record(rec("ab", org="org-a\0b", created=T0), now_ms=T0)  # shares the prefix "org-a"
+    assert {r.request_id for r in store.scan("org-a")} == {f"a{i}" for i in range(5)}
+    assert {r.request_id for r in store.scan("org-a", T0 + 1, T0 + 3)} == {"a1", "a2"}
+    assert [rid for _, rid in store.due(DAY30 + 1, 3)] == ["a0", "ab", "b0"]
+    assert store.due(DAY30 - 1, 10) == []
+    b.legal_hold(legal(org="org-b"), now_ms=T0)
+    changelog = {k: v for k, v in kv.take_changes().items() if v is not None}
+    # Restart from the changelog: same holds, same schedule.
+    again = RetentionBook(CONFIG, BookStore(MemoryStore(changelog), 0), partition=0)
+    assert set(deletions(again.tick(DAY30 + 10).effects)) == {f"a{i}" for i in range(5)} | {"ab"}
+    assert {r.request_id for r in again.store.scan("org-a")} == set()
+    assert again.is_held("b0") and len(again) == 5
+
+
+def test_R5_R6_released_holds_are_pruned_and_not_applied_again() -> None:
+    """A hold released a day ago is forgotten (memory stays bounded by the holds in force);
+    its facts stay filed, so reading the flag again does not place it again (R5, R6)."""
+    store = DictStore()
+    b = book(store)
+    b.record(rec("r1"), now_ms=T0)
+    raised = flag()
+    b.flag(raised, now_ms=T0)
+    b.flag(flag(action=FlagAction.RELEASE, at=T0 + DAY_MS), now_ms=T0 + DAY_MS)
+    assert b.prune_released(T0 + DAY_MS + 1) == 0
+    assert b.prune_released(T0 + 2 * DAY_MS) == 1
+    assert b.released_hold("org-a", "misuse", "f1") is None
+    assert b.has_applied(raised)
+    again = book(store)
+    assert not again.holds.covering("org-a", "key-a", "r1", T0, "")
+    assert set(deletions(again.tick(DAY30).effects)) == {"r1"}
 
 
 def test_R4_file_clock_moves_forward_only(tmp_path: Any) -> None:
-    from streams.jobs.retention import FileClock, write_clock
+    from streams.kafka.runtime import FileClock, write_clock
 
     path = tmp_path / "clock"
     clock = FileClock(path, cache_s=0.0)

@@ -47,6 +47,23 @@ def test_log_store_fast_path_is_byte_identical_to_a_full_encode_R4(contracts: Co
         )
 
 
+def test_projection_reads_only_its_fields_R4_R2(contracts: Contracts) -> None:
+    """R4/R2: the retention job's view of a log record has its ids and times and nothing
+    of its content; the same bytes decode in full for a safety review."""
+    from streams.jobs.retention import TRACKED_FIELDS
+
+    config = PolicyConfig()
+    record = TrafficGenerator(seed=3).request(1_700_000_000_000)
+    decision = Decision(frozenset(), (), consent_version="c", retention_days=30)
+    full = log_store_record(validate_request(record), decision, config)
+    data = contracts.codec("log_store").encode(full)
+    tracked = contracts.codec("log_store").projection(TRACKED_FIELDS).decode(data)
+    assert tracked == {name: full[name] for name in TRACKED_FIELDS}
+    assert contracts.codec("log_store").decode(data) == full
+    with pytest.raises(ValueError):
+        contracts.codec("log_store").projection(("no_such_field",))
+
+
 def test_fast_path_declines_bytes_written_with_another_schema(contracts: Contracts) -> None:
     """Bytes framed with an unknown writer id are never spliced (the full path is used)."""
     fast = contracts.extending("request_logs", "log_store")
