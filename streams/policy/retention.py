@@ -79,7 +79,7 @@ from streams.policy.models import (
 )
 
 # Schedule entries read per store query when sweeping what is due.
-SWEEP_CHUNK = 512
+SWEEP_CHUNK = 2048
 
 
 class DeletionReason(StrEnum):
@@ -253,8 +253,11 @@ class TrackedStore(Protocol):
 
     def unschedule(self, due_ms: int, request_id: str) -> None: ...
 
-    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
-        """Up to ``limit`` schedule entries due at or before ``until_ms``, earliest first."""
+    def due(
+        self, until_ms: int, limit: int, after: tuple[int, str] | None = None
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` schedule entries due at or before ``until_ms``, earliest first
+        (only those after the entry ``after``, when given)."""
         ...
 
     def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None: ...
@@ -313,9 +316,12 @@ class DictStore:
         if at < len(self.entries) and self.entries[at] == entry:
             del self.entries[at]
 
-    def due(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+    def due(
+        self, until_ms: int, limit: int, after: tuple[int, str] | None = None
+    ) -> list[tuple[int, str]]:
+        first = 0 if after is None else bisect.bisect_right(self.entries, after)
         end = bisect.bisect_right(self.entries, (until_ms, "\U0010ffff"))
-        return self.entries[: min(end, limit)]
+        return self.entries[first : min(end, first + limit)]
 
     def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None:
         self.held[request_id] = hold_ids
@@ -467,7 +473,8 @@ class RetentionBook:
             # R5: a flag already sent this record to review; a replay must not send it twice.
             record = replace(record, reviewed=previous.reviewed)
         self.store.put(record)
-        self.store.unpark(record.request_id)
+        if previous is not None:  # only a record seen before can have been held
+            self.store.unpark(record.request_id)
         due = self.due_at(record)
         effects: list[Effect] = [self._retained_note(record, due)]
         if record.org_id not in self._deleted_orgs:
@@ -723,9 +730,11 @@ class RetentionBook:
         result = TickResult()
         deleted = 0
         store = self.store
+        after: tuple[int, str] | None = None
         while True:
-            entries = store.due(now_ms, SWEEP_CHUNK)
+            entries = store.due(now_ms, SWEEP_CHUNK, after)
             for due_ms, request_id in entries:
+                after = (due_ms, request_id)
                 if deleted >= limit:
                     result.more = True
                     return result

@@ -592,10 +592,47 @@ def test_retention_job_R4_R5_R6_R7_R15_R16_R17_on_the_real_broker(
     assert CANARY not in w.log_text()  # no content in log lines (R2)
 
 
+def test_R5_R6_a_flag_or_hold_published_just_before_the_expiry_holds_the_record(
+    rstack: Stack, worker: Worker, outputs: Outputs
+) -> None:
+    """Facts before deletions: a misuse flag or a legal hold acknowledged by the broker a
+    moment before the clock passes a record's expiry is applied before any tick deletes
+    at that instant: the flagged and legal-held records are held (R5, R6), the others are
+    deleted (R4)."""
+    s, w, out = rstack, worker, outputs
+    rounds = 8
+    flagged = [f"race-flag-{i}" for i in range(rounds)]
+    legal = [f"race-legal-{i}" for i in range(rounds)]
+    plain = [f"race-plain-{i}" for i in range(rounds)]
+    records = [log_record(rid, "org-race", T0) for rid in flagged + plain]
+    records += [log_record(rid, f"org-legal-{i}", T0) for i, rid in enumerate(legal)]
+    produce_like_the_router(s, records)
+    w.start()
+    out.wait("tracked", lambda: _retained(out, flagged + legal + plain), timeout_s=120)
+    expiry = T0 + 30 * DAY_MS
+    for i in range(rounds):
+        # The fact is acknowledged, then at once the clock passes the expiry.
+        at = expiry - rounds + i
+        s.produce(
+            "misuse_flags",
+            [(None, misuse_flag(f"f-race-{i}", "org-race", at, request_id=flagged[i]))],
+        )
+        s.produce(
+            "legal_holds", [(None, legal_hold(f"h-race-{i}", f"org-legal-{i}", (T0, T0 + 1), at))]
+        )
+        w.set_clock(expiry + i)
+    w.set_clock(expiry + rounds + 1000)
+    out.wait("unflagged records deleted", lambda: set(plain) <= set(out.deletions()))
+    time.sleep(3)  # a wrong deletion would be out by now
+    out.poll()
+    assert not set(flagged) & set(out.deletions())
+    assert not set(legal) & set(out.deletions())
+    held = {a["subject_id"] for a in out.audits("held")}
+    assert set(flagged) | set(legal) <= held
+
+
 # --- restarts ------------------------------------------------------------------------------
-def run_kill_restart(
-    rstack: Stack, registries: Registries, tmp: Path
-) -> dict[str, Any]:
+def run_kill_restart(rstack: Stack, registries: Registries, tmp: Path) -> dict[str, Any]:
     """SIGKILL the worker in the middle of a deletion stream, restart it, finish the stream.
 
     Returns what happened: missed expiries, held records deleted, duplicates.
