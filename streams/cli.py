@@ -31,7 +31,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from streams.jobs.processes import JOBS
 from streams.kafka.clients import client_config
 from streams.kafka.serde import Contracts, registry_client
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import DurabilityError, apply_topics
 from streams.settings import Settings, SettingsError
 
 AUDIT_INDEX = "audit-index"
@@ -307,11 +307,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
     if args.command == "topics":
         topic_names(settings.bootstrap_servers)  # one clear line when no broker answers
-        created = ensure_topics(
-            AdminClient(client_config(settings.bootstrap_servers)), settings.topology
-        )
+        admin = AdminClient(client_config(settings.bootstrap_servers))
+        try:
+            outcome = apply_topics(admin, settings.topology, durability=settings.durability)
+        except DurabilityError as exc:
+            raise CommandError(str(exc)) from None
+        print("\n".join(outcome.lines))
         reader_contracts(settings).register_all()
-        print(f"topics ready ({len(created)} created); schemas registered")
+        print("schemas registered")
     elif args.command == "run":
         run_job(args.job, settings)
     elif args.command == "explain":

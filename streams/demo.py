@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.jobs.audit_index import rule_titles
 from streams.jobs.processes import Cluster, running
-from streams.kafka.clients import client_config
+from streams.kafka.clients import client_config, producer_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import ROLL_KEY, Topology, ensure_topics, key_for
@@ -83,7 +83,7 @@ class Demo:
         self.cluster = Cluster(bootstrap, registry_url, self.topology, work_dir / "logs")
         self.work_dir = work_dir
         self.contracts = Contracts(registry_client(registry_url), self.topology)
-        self.producer = Producer({**client_config(bootstrap), "linger.ms": 10})
+        self.producer = Producer(producer_config(bootstrap, {"linger.ms": 10}))
         self.now = int(time.time() * 1000)
         self.start = self.now - 2 * 3_600_000
         self.clock_file = work_dir / "retention-clock"

@@ -11,6 +11,9 @@ Environment (a flag of ``streams`` wins over its variable):
     SCHEMA_REGISTRY_URL          --registry       the schema registry
     STREAMS_WORKER_ID            --worker-id      stable per worker: fences its predecessor
     STREAMS_TOPIC_PREFIX                          every topic, group and id under a prefix
+    STREAMS_REPLICATION_FACTOR                    copies of every topic: auto (3 on 3+
+    STREAMS_MIN_INSYNC_REPLICAS                   brokers, min ISR 2; else 1 and 1) or counts
+    STREAMS_PARTITIONS                            partitions of the scaled topics (6)
     STREAMS_METRICS_PORT                          Prometheus endpoint; 0 any free port, off
     STREAMS_EXIT_WHEN_STUCK_S                     exit when a transaction is stuck (60 s)
     STREAMS_REDACTION_PROCESSES                   router: offload processes (cores - 1)
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from streams.kafka.metrics import DISABLED
 from streams.kafka.runtime import Clock, Connection, FileClock, wall_clock_ms
-from streams.kafka.topics import Topology
+from streams.kafka.topics import Durability, Topology
 from streams.policy.config import PolicyConfig, load_config
 
 
@@ -45,6 +48,7 @@ class Settings:
     registry_url: str
     topology: Topology = field(default_factory=Topology)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    durability: Durability = field(default_factory=Durability)
     worker_id: str = "0"
     metrics_port: int = DISABLED
     exit_when_stuck_s: float | None = None
@@ -91,6 +95,7 @@ class Settings:
                 registry_url=registry,
                 topology=Topology(text("STREAMS_TOPIC_PREFIX") or ""),
                 policy=load_config(),
+                durability=Durability.read(env),
                 worker_id=worker_id or text("STREAMS_WORKER_ID") or "0",
                 metrics_port=metrics_port,
                 exit_when_stuck_s=float(text("STREAMS_EXIT_WHEN_STUCK_S") or "60"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from streams.kafka.clients import client_config
+from streams.kafka.clients import producer_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts
 from streams.kafka.topics import CATALOGUE, key_for
@@ -161,7 +161,7 @@ class CanaryRun:
 
     def produce(self, bootstrap: str) -> int:
         """Write the controls, flags, deletion and canary requests; returns the request count."""
-        producer = Producer({**client_config(bootstrap), "linger.ms": 5})
+        producer = Producer(producer_config(bootstrap, {"linger.ms": 5}))
 
         def send(field_name: str, record: dict[str, Any] | bytes, key: str | None = None) -> None:
             topic = getattr(self.topology, field_name)

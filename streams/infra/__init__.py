@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streams.infra.broker import ADMIN_USER, LocalKafka, SaslUser
+    from streams.infra.broker import ADMIN_USER, LocalCluster, LocalKafka, SaslUser
 
-__all__ = ["ADMIN_USER", "LocalKafka", "SaslUser"]
+__all__ = ["ADMIN_USER", "LocalCluster", "LocalKafka", "SaslUser"]
 
 
 def __getattr__(name: str) -> Any:

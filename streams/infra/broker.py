@@ -1,4 +1,5 @@
-"""A real Apache Kafka broker (KRaft, one combined broker+controller) on loopback.
+"""A real Apache Kafka broker (KRaft, one combined broker+controller) on loopback, or a
+cluster of them (``LocalCluster``, three nodes for the durability tests).
 
 The jars come from Maven Central through the pinned manifest ``infra/kafka/pom.xml``
 (fetched once into ``var/kafka-libs`` by :mod:`streams.infra.fetch`); Java runs
@@ -43,10 +44,10 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Self
 
 from streams.infra.fetch import ROOT, libs_dir
+from streams.infra.started import Started
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -111,7 +112,7 @@ def _free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-class LocalKafka:
+class LocalKafka(Started):
     """A single-node KRaft broker on 127.0.0.1, started from the project's pinned jars.
 
     ``start()`` formats the storage (first start only), launches the JVM and returns once
@@ -135,6 +136,9 @@ class LocalKafka:
         stop_timeout_s: float = 20.0,
         die_with_parent: bool = True,
         class_data_sharing: bool | None = None,
+        node_id: int = 1,
+        cluster_id: str | None = None,
+        replication: int = 1,
     ) -> None:
         self._own_dir = data_dir is None
         self._lock: IO[bytes] | None = None
@@ -161,6 +165,12 @@ class LocalKafka:
         self.class_data_sharing = class_data_sharing
         self._broker_archive: _Archive | None = None
         self.port, self.controller_port = _free_ports(2)
+        # One node of a ``LocalCluster``: its id, the cluster's id (every node is formatted
+        # with the same) and the controller quorum; alone, a quorum of itself.
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.replication = replication
+        self.quorum_voters: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._console: IO[bytes] | None = None
         self.startup_seconds: float | None = None
@@ -229,8 +239,12 @@ class LocalKafka:
         return self.data_dir / "server.log"
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self, timeout_s: float = 90.0) -> LocalKafka:
-        """Format (first time), launch and wait until ready. Returns ``self``."""
+    def start(self, timeout_s: float = 90.0, *, wait: bool = True) -> Self:
+        """Format (first time), launch and wait until ready. Returns ``self``.
+
+        ``wait=False`` returns once the JVM is launched (then ``wait_ready``): the nodes of
+        a ``LocalCluster`` all run before any is ready, since its controllers need a
+        majority to elect a leader."""
         if self.running:
             return self
         libs = self.libs  # a first fetch is not part of the start-up time
@@ -245,6 +259,9 @@ class LocalKafka:
                     self._format(properties, libs)
                 self.format_seconds = time.monotonic() - format_started
                 self._launch(properties, libs)
+                if not wait:
+                    _LIVE.add(self)
+                    return self
                 try:
                     self._wait_ready(started + timeout_s)
                     break
@@ -272,6 +289,18 @@ class LocalKafka:
         )
         return self
 
+    def wait_ready(self, timeout_s: float = 90.0) -> LocalKafka:
+        """After ``start(wait=False)``: wait until the broker answers (``startup_seconds``
+        counts from here)."""
+        started = time.monotonic()
+        try:
+            self._wait_ready(started + timeout_s)
+        except BaseException:
+            self._terminate(signal.SIGKILL)
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
     def stop(self, keep_data: bool | None = None) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout_s``; remove the data dir we made
         unless ``keep_data`` (then it is marked ``KEPT`` and never swept)."""
@@ -295,17 +324,6 @@ class LocalKafka:
         """SIGKILL the broker, as a crash would; the data stays (``start()`` recovers it)."""
         self._terminate(signal.SIGKILL)
 
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"LocalKafka({self.bootstrap_servers}, {state}, data_dir={self.data_dir})"
@@ -314,23 +332,27 @@ class LocalKafka:
     def properties(self) -> dict[str, str]:
         """The broker's ``server.properties``."""
         protocol = "SASL_PLAINTEXT" if self.authenticated else "PLAINTEXT"
+        voters = self.quorum_voters or f"{self.node_id}@{_HOST}:{self.controller_port}"
+        # Internal topics (consumer offsets, transaction state) as durable as the cluster
+        # allows: on three nodes 3 copies, and a transaction or offset commit needs 2 of them.
+        replication, min_isr = str(self.replication), str(2 if self.replication >= 3 else 1)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{_HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
             "listeners": f"CLIENT://{_HOST}:{self.port},CONTROLLER://{_HOST}:{self.controller_port}",
             "advertised.listeners": f"CLIENT://{_HOST}:{self.port}",
             "listener.security.protocol.map": f"CLIENT:{protocol},CONTROLLER:{protocol}",
             "inter.broker.listener.name": "CLIENT",
             "controller.listener.names": "CONTROLLER",
             "log.dirs": str(self.data_dir / "logs"),
-            # single node: every internal topic with one replica
             "num.partitions": str(self.num_partitions),
-            "default.replication.factor": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replication,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replication,
             "offsets.topic.num.partitions": "6",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replication,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "6",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
@@ -404,7 +426,7 @@ class LocalKafka:
             libs,
             "format",
             "--cluster-id",
-            _cluster_id(),
+            self.cluster_id or _cluster_id(),
             "--config",
             str(properties),
             "--ignore-formatted",
@@ -510,6 +532,75 @@ class LocalKafka:
             with contextlib.suppress(OSError):
                 parts.append(path.read_text(errors="replace")[-chars:])
         return "\n".join(parts)
+
+
+class LocalCluster(Started):
+    """``brokers`` KRaft nodes on 127.0.0.1, each a combined broker and controller, one
+    controller quorum (``controller.quorum.voters`` lists every node). On three nodes the
+    internal topics have 3 copies and need 2 in sync (``min.insync.replicas`` 2 is also the
+    brokers' default), so one node may die without a committed offset or transaction lost.
+
+    ::
+
+        with LocalCluster(brokers=3) as cluster:      # bootstrap_servers lists every node
+            cluster.nodes[0].kill()                   # SIGKILL one node (a crash)
+            cluster.nodes[0].start()                  # back with its data, same ports
+
+    ``options`` are ``LocalKafka``'s (``authenticated``, ``users``, ``heap``, ...).
+    """
+
+    def __init__(self, brokers: int = 3, *, heap: str = "384m", **options: Any) -> None:
+        cluster_id = _cluster_id()
+        replication = min(brokers, 3)
+        self.nodes = [
+            LocalKafka(
+                heap=heap, node_id=i + 1, cluster_id=cluster_id, replication=replication, **options
+            )
+            for i in range(brokers)
+        ]
+        ports = _free_ports(2 * brokers)
+        for i, node in enumerate(self.nodes):
+            node.port, node.controller_port = ports[2 * i], ports[2 * i + 1]
+        voters = ",".join(f"{n.node_id}@{_HOST}:{n.controller_port}" for n in self.nodes)
+        for node in self.nodes:
+            node.quorum_voters = voters
+        self.startup_seconds: float | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def client_config(self, user: str = ADMIN_USER) -> dict[str, Any]:
+        return {**self.nodes[0].client_config(user), "bootstrap.servers": self.bootstrap_servers}
+
+    def start(self, timeout_s: float = 120.0) -> Self:
+        started = time.monotonic()
+        try:
+            for node in self.nodes:
+                node.start(timeout_s, wait=False)
+            for node in self.nodes:
+                node.wait_ready(max(1.0, started + timeout_s - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        log.info(
+            "Kafka cluster of %d nodes ready at %s in %.2fs",
+            len(self.nodes),
+            self.bootstrap_servers,
+            self.startup_seconds,
+        )
+        return self
+
+    def node_by_id(self, node_id: int) -> LocalKafka:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def stop(self) -> None:
+        """SIGKILL every node and remove the data: one by one, the last nodes' controlled
+        shutdown would wait for a controller quorum that is already gone."""
+        for node in self.nodes:
+            node.kill()
+            node.stop()
 
 
 def _cluster_id() -> str:
@@ -753,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
         "--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SASL user"
     )
     parser.add_argument("--heap", default="512m")
+    parser.add_argument(
+        "--brokers", type=int, default=1, choices=(1, 3), help="1 node, or a cluster of 3"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -772,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         "users": _parse_users(args.user),
         "heap": args.heap,
     }
+    if args.brokers > 1:
+        if args.daemon:
+            raise SystemExit("--daemon runs one broker; run a cluster in the foreground")
+        return _run_cluster(args.brokers, kafka_args)
     if args.daemon:
         if (state := _daemon_state()) is not None:
             print(f"already running (pid {state[0]}) at {state[1]}", file=sys.stderr)
@@ -806,6 +904,23 @@ def main(argv: list[str] | None = None) -> int:
             if not kafka.running:
                 print(f"Kafka exited; see {kafka.log_file}", file=sys.stderr)
                 kafka.keep_data = True
+                return 1
+    return 0
+
+
+def _run_cluster(brokers: int, kafka_args: dict[str, Any]) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalCluster(brokers, **kafka_args) as cluster:
+        print(
+            f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}  ({brokers} nodes, ready in"
+            f" {cluster.startup_seconds:.1f}s; Ctrl-C stops)",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if not all(node.running for node in cluster.nodes):
+                print("a Kafka node exited; see server.log in its data dir", file=sys.stderr)
                 return 1
     return 0
 

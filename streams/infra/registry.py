@@ -43,7 +43,9 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from streams.infra.started import Started
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalSchemaRegistry:
+class LocalSchemaRegistry(Started):
     """Start/stop an in-memory Confluent-compatible schema registry on 127.0.0.1, free port.
 
     ``url`` is what ``SchemaRegistryClient({"url": ...})`` takes. ``startup_seconds`` is the
@@ -233,7 +235,7 @@ class LocalSchemaRegistry:
         return None if self.run_dir is None else self.run_dir / "registry.log"
 
     # --- lifecycle ------------------------------------------------------------------
-    def start(self, timeout_s: float = 90.0) -> LocalSchemaRegistry:
+    def start(self, timeout_s: float = 90.0) -> Self:
         if self._runner is not None:
             runner, archive = self._runner, None
         else:
@@ -276,17 +278,6 @@ class LocalSchemaRegistry:
         if self._own_dir and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
-
-    def __enter__(self) -> LocalSchemaRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- internals ----------------------------------------------------------------
     def _command(self, runner: Path, archive: Path | None) -> list[str]:

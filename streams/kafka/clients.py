@@ -10,6 +10,7 @@ handed to the client library, never logged.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 _LIBRDKAFKA = {
@@ -28,6 +29,20 @@ def client_config(bootstrap_servers: str) -> dict[str, Any]:
         if value:
             config[setting] = value
     return config
+
+
+# Every producer of the project (issue 15): a write is acknowledged once every in-sync
+# replica has it (at least the topic's min.insync.replicas), and retries after a leader
+# change never duplicate or reorder it (idempotence; librdkafka would force acks=all with it).
+DURABLE_PRODUCER: dict[str, Any] = {"acks": "all", "enable.idempotence": True}
+
+
+def producer_config(
+    bootstrap_servers: str, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """librdkafka settings for a producer: ``client_config``, ``settings``, and
+    ``DURABLE_PRODUCER``, which ``settings`` cannot weaken."""
+    return {**client_config(bootstrap_servers), **(settings or {}), **DURABLE_PRODUCER}
 
 
 def faust_security() -> dict[str, Any]:

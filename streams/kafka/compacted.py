@@ -55,6 +55,7 @@ class CompactedReader:
         }
         conf.update(extra or {})
         self._consumer = Consumer(conf)
+        self._bootstrap_servers = bootstrap_servers
         self._admin = AdminClient(client_config(bootstrap_servers))
         self._on_message = on_message
         metadata = self._consumer.list_topics(timeout=30)
@@ -104,7 +105,14 @@ class CompactedReader:
         just before a request. Up to the high watermark, the reader gets past a
         transaction only once it is resolved; an open one holds records back until then
         (fail closed; past ``facts_stall_ms`` they are decided without training)."""
-        return PendingEnds(self._ask_ends)
+        return PendingEnds(self._ask_ends, on_failure=self._renew_admin)
+
+    def _renew_admin(self) -> None:
+        """A new admin client, with fresh metadata. After a partition leader died and came
+        back, librdkafka's admin ListOffsets kept failing with FENCED_LEADER_EPOCH (its
+        cached leader epoch is never refreshed) while a new client was answered at once:
+        measured on three brokers, test_cluster_chaos.py; the router exited after 30 s."""
+        self._admin = AdminClient(client_config(self._bootstrap_servers))
 
     def _ask_ends(self) -> dict[TopicPartition, Any]:
         latest = OffsetSpec.latest()
@@ -156,21 +164,32 @@ _WAITS_KEPT = 10_000  # waits of recent marks remembered for the audit (R16)
 
 class PendingEnds:
     """End offsets asked of the broker, answered later (``ends`` is None until then). A
-    failed answer is asked again; one not had within ``timeout_s`` raises (the worker
-    exits and is restarted)."""
+    failed answer, or one not had within ``answer_s``, is asked again (``on_failure``
+    first); none had within ``timeout_s`` raises (the worker exits and is restarted)."""
 
     def __init__(
-        self, ask: Callable[[], dict[TopicPartition, Any]], timeout_s: float = 30.0
+        self,
+        ask: Callable[[], dict[TopicPartition, Any]],
+        timeout_s: float = 30.0,
+        on_failure: Callable[[], None] | None = None,
+        answer_s: float = 12.0,
     ) -> None:
         self._ask = ask
+        self._on_failure = on_failure
         self._timeout_s = timeout_s
-        self._since = time.monotonic()
+        self._answer_s = answer_s
+        self._since = self._asked = time.monotonic()
         self._futures = ask()
         self._ends: dict[tuple[str, int], int] | None = None
 
     def ends(self) -> dict[tuple[str, int], int] | None:
         if self._ends is None:
             if not all(future.done() for future in self._futures.values()):
+                now = time.monotonic()
+                if now - self._since > self._timeout_s:
+                    raise TimeoutError("facts' end offsets not answered in time")
+                if now - self._asked > self._answer_s:  # asked of a client that lost its way
+                    self._again()
                 return None
             try:
                 self._ends = {
@@ -180,8 +199,14 @@ class PendingEnds:
             except KafkaException:
                 if time.monotonic() - self._since > self._timeout_s:
                     raise
-                self._futures = self._ask()
+                self._again()
         return self._ends
+
+    def _again(self) -> None:
+        if self._on_failure is not None:
+            self._on_failure()
+        self._asked = time.monotonic()
+        self._futures = self._ask()
 
 
 class ReadBarrier:

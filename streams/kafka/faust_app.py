@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient
 from faust.types import TopicT
 
 from streams.kafka.clients import client_config, faust_security
-from streams.kafka.topics import Topology, internal_topic
+from streams.kafka.topics import Topology, internal_topic, replication_of
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class FaustSettings:
 def build_app(settings: FaustSettings) -> faust.App:
     """A faust App wired to our broker: raw bytes, memory tables backed by changelogs."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # The topics faust creates itself (its leader topic, a table changelog not made ahead)
+    # get the deployment's replication like every other topic (issue 15).
+    replication = replication_of(AdminClient(client_config(settings.bootstrap_servers)))
     brokers = [f"kafka://{host}" for host in settings.bootstrap_servers.split(",") if host]
     options: dict[str, Any] = {
         "broker": brokers,
@@ -78,12 +81,15 @@ def build_app(settings: FaustSettings) -> faust.App:
         "web_enabled": False,  # no HTTP port per worker; metrics go through logs/topics
         "key_serializer": "raw",
         "value_serializer": "raw",
-        "topic_replication_factor": 1,
+        "topic_replication_factor": replication.factor,
         "topic_partitions": settings.partitions,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_interval": settings.commit_interval_s,
         "processing_guarantee": settings.processing_guarantee,
+        # acks=all. faust has no idempotence setting for its at-least-once producer
+        # (aiokafka's enable_idempotence is set only for its transactions); it carries the
+        # audit index's table changelog, keyed by decision id: a repeat rewrites the same.
         "producer_acks": -1,
         # A crashed worker's partitions move on within seconds (the retention job's
         # deletion bound is a minute; faust's default session timeout alone is a minute).

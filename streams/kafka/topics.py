@@ -3,6 +3,11 @@
 One place for all of it. ``ensure_topics`` creates missing topics and brings the
 configuration of existing ones in line, so it is safe to run on every start.
 ``acl_bindings`` turns the catalogue into broker ACLs (R18 least privilege).
+
+Durability is per deployment (``Durability``: replication factor, ``min.insync.replicas``,
+partition count) and reaches every topic the project creates, job-internal ones included
+(``create_topic``). What ``streams topics`` changes on existing topics is decided by a pure
+function (``plan_topic``); the admin calls around it stay thin (``apply_topics``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka.admin import (
     AclBinding,
@@ -23,6 +28,7 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    NewPartitions,
     NewTopic,
     ResourcePatternType,
     ResourceType,
@@ -163,11 +169,120 @@ def roll_interval_ms(bound_ms: int) -> int:
     return bound_ms // 4
 
 
+# --- durability and partitions per deployment (issue 15) -------------------------------
+DEFAULT_PARTITIONS = 6
+# The settings, read with the other STREAMS_* variables (``streams.settings``) and, where
+# no Settings reach (a job-internal topic made deep in a job), from the environment.
+REPLICATION_ENV = "STREAMS_REPLICATION_FACTOR"
+MIN_ISR_ENV = "STREAMS_MIN_INSYNC_REPLICAS"
+PARTITIONS_ENV = "STREAMS_PARTITIONS"
+AUTO = "auto"
+MIN_ISR = "min.insync.replicas"
+
+
+class DurabilityError(ValueError):
+    """A deployment asks for more copies than the cluster can hold; one line naming the
+    setting and the broker count."""
+
+
+class Replication(NamedTuple):
+    """Copies of every partition, and how many must have a write before it is acknowledged
+    (``acks=all`` on every producer of the project)."""
+
+    factor: int
+    min_insync: int
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """Replication factor, ``min.insync.replicas`` and partition count of one deployment.
+
+    ``None`` is "auto": replication 3 with ``min.insync.replicas`` 2 on a cluster of at least
+    three brokers, so one broker may fail (or restart) without stopping a write or losing an
+    acknowledged one; on smaller clusters as many copies as there are brokers and
+    ``min.insync.replicas`` 1 (a single local broker: 1 and 1). An explicit request above
+    the cluster's broker count is refused, never silently lowered (``resolve``).
+    """
+
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
+    partitions: int = DEFAULT_PARTITIONS
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Durability:
+        """From ``STREAMS_REPLICATION_FACTOR``, ``STREAMS_MIN_INSYNC_REPLICAS`` (each a count
+        or ``auto``, the default) and ``STREAMS_PARTITIONS`` (default 6); ValueError names
+        the malformed one."""
+        env = os.environ if environ is None else environ
+
+        def count(name: str, default: int | None) -> int | None:
+            value = env.get(name, "").strip().lower()
+            if not value or value == AUTO:
+                return default
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name} must be a positive count or {AUTO}, got {value!r}")
+            return int(value)
+
+        partitions = count(PARTITIONS_ENV, DEFAULT_PARTITIONS)
+        assert partitions is not None
+        return cls(count(REPLICATION_ENV, None), count(MIN_ISR_ENV, None), partitions)
+
+    def resolve(self, brokers: int) -> Replication:
+        """The replication on a cluster of ``brokers`` live brokers; DurabilityError when an
+        explicit setting cannot be met (Kafka would refuse the topic, or a
+        ``min.insync.replicas`` above the replication would refuse every write)."""
+        factor = self.replication_factor
+        if factor is None:
+            factor = min(3, max(brokers, 1))
+        elif factor > brokers:
+            raise DurabilityError(
+                f"{REPLICATION_ENV}={factor} but the cluster has {brokers} broker"
+                f"{'' if brokers == 1 else 's'}"
+            )
+        min_insync = self.min_insync_replicas
+        if min_insync is None:
+            min_insync = 2 if factor >= 3 else 1
+        elif min_insync > factor:
+            raise DurabilityError(
+                f"{MIN_ISR_ENV}={min_insync} is more than the replication factor {factor}"
+                f" ({brokers} broker{'' if brokers == 1 else 's'})"
+            )
+        return Replication(factor, min_insync)
+
+    def describe(self, brokers: int) -> str:
+        """One line for the operator: what the deployment gets on this cluster."""
+        replication = self.resolve(brokers)
+        how = "auto" if self.replication_factor is None else "set"
+        return (
+            f"replication {replication.factor} ({how}), min.insync.replicas"
+            f" {replication.min_insync}, {self.partitions} partitions per scaled topic,"
+            f" on {brokers} broker{'' if brokers == 1 else 's'}"
+        )
+
+
+def cluster_brokers(admin: AdminClient, timeout: float = 30.0) -> int:
+    """The brokers of the cluster: those its metadata lists, and those that hold a replica of
+    some partition. Metadata lists live brokers only, so a broker down for a restart would
+    otherwise make "auto" create a topic with fewer copies in the meantime."""
+    metadata = admin.list_topics(timeout=timeout)
+    ids = set(metadata.brokers)
+    for topic in metadata.topics.values():
+        for partition in topic.partitions.values():
+            ids.update(partition.replicas)
+    return len(ids)
+
+
+def replication_of(admin: AdminClient, durability: Durability | None = None) -> Replication:
+    """The deployment's replication resolved against the cluster ``admin`` talks to."""
+    wanted = Durability.read() if durability is None else durability
+    return wanted.resolve(cluster_brokers(admin))
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     field: str  # attribute of ``Topology``
     schema: str  # file in schemas/
-    partitions: int
+    partitions: int | None  # None: the deployment's count (``Durability.partitions``)
     cleanup: str
     retention_ms: int
     writers: tuple[str, ...]
@@ -183,6 +298,13 @@ class TopicSpec:
 
     def schema_path(self) -> Path:
         return SCHEMAS_DIR / self.schema
+
+    def partition_count(self, durability: Durability) -> int:
+        return durability.partitions if self.partitions is None else self.partitions
+
+    @property
+    def compacted(self) -> bool:
+        return COMPACT in self.cleanup
 
     def configs(self, deletion_bound: int = DEFAULT_DELETION_BOUND_MS) -> dict[str, str]:
         """The topic's configs; for deletable content, within ``deletion_bound`` ms.
@@ -213,13 +335,15 @@ class TopicSpec:
         return configs
 
 
-PARTITIONS = 6
+# The topics that scale with the deployment (``STREAMS_PARTITIONS``): the facts topics stay
+# single-partition, since every router and retention worker reads them in full.
+SCALED = None
 
 CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "request_logs",
         "request_log.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         7 * DAY_MS,
         (GATEWAY,),
@@ -285,7 +409,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "finetune_rows",
         "finetune_row.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         7 * DAY_MS,
         (GATEWAY,),
@@ -298,7 +422,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "log_store",
         "log_store_record.avsc",
-        PARTITIONS,
+        SCALED,
         COMPACT,
         FOREVER,
         (ROUTER, RETENTION),
@@ -310,7 +434,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "deletion_events",
         "deletion_event.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         90 * DAY_MS,
         (RETENTION,),
@@ -321,7 +445,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "safety_review",
         "safety_review_record.avsc",
-        PARTITIONS,
+        SCALED,
         # R15/R4: compacted too, so the copy of a deleted record can be tombstoned.
         COMPACT_DELETE,
         30 * DAY_MS,
@@ -334,7 +458,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "safety_evaluation",
         "safety_evaluation_record.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         FOREVER,
         (SAFETY_EVALUATION,),
@@ -345,7 +469,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "training_candidates",
         "training_candidate.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         FOREVER,
         (ROUTER,),
@@ -357,7 +481,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "training_retractions",
         "training_retraction.avsc",
-        PARTITIONS,
+        SCALED,
         COMPACT,
         FOREVER,
         (ROUTER,),
@@ -368,7 +492,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "usage_events",
         "usage_event.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         7 * DAY_MS,
         (ROUTER,),
@@ -379,7 +503,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "usage_metrics",
         "usage_metric.avsc",
-        PARTITIONS,
+        SCALED,
         COMPACT,
         FOREVER,
         (USAGE,),
@@ -390,7 +514,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "audit",
         "audit_decision.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         400 * DAY_MS,
         (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
@@ -402,7 +526,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "dead_letters",
         "dead_letter.avsc",
-        PARTITIONS,
+        SCALED,
         DELETE,
         30 * DAY_MS,
         (ROUTER, RETENTION, USAGE, SAFETY_EVALUATION),
@@ -430,24 +554,146 @@ def key_for(field: str, record: Mapping[str, Any]) -> str:
     return "/".join(str(record[name]) for name in fields) if fields else field
 
 
+# What growing a topic means, printed by ``streams topics`` before it grows one.
+GROWING = (
+    "Growing partitions: records already written stay where they are; a key's new records"
+    " go to partition CRC-32(key) mod the new count, so one key's records span two"
+    " partitions and keep no order across the change.",
+    "State co-partitioned with a grown input (<job>.<store> changelogs) grows with it when"
+    " the job starts; keys whose new records move keep their old state in the old"
+    " partition's store: the usage job counts an hour open during the change in two"
+    " halves, the later overwriting the earlier on usage-metrics. Grow between hours, with"
+    " the router stopped and the usage job caught up; the router's candidate memory needs"
+    " nothing (facts are read in full by every worker).",
+    "Workers beyond the old count get partitions only after the growth; add them after.",
+)
+
+
+class TopicNow(NamedTuple):
+    """What the broker has of one topic."""
+
+    partitions: int
+    replication_factor: int  # the fewest replicas of any of its partitions
+    configs: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    """What ``streams topics`` does to one existing topic, and what it says about it."""
+
+    name: str
+    grow_to: int | None = None
+    set_configs: Mapping[str, str] = field(default_factory=dict)
+    lines: tuple[str, ...] = ()
+
+
+def plan_topic(
+    name: str,
+    now: TopicNow,
+    partitions: int | None,
+    replication: Replication,
+    configs: Mapping[str, str],
+    *,
+    compacted: bool = False,
+) -> TopicPlan:
+    """The changes that bring an existing topic to what the deployment asks, and a line for
+    each change or for what cannot be changed. ``partitions`` None: keep the count.
+
+    Never shrinks (Kafka cannot), never grows a compacted topic (compaction keeps one value
+    per key *within a partition*: a key's new value or tombstone in another partition would
+    leave the old value live, so a deleted log-store record would stay readable, R4/R15),
+    and never changes the replication factor (that takes a partition reassignment)."""
+    lines: list[str] = []
+    grow_to = None
+    if partitions is not None and partitions < now.partitions:
+        lines.append(
+            f"{name}: {now.partitions} partitions, the deployment asks {partitions}: Kafka"
+            " cannot shrink a topic; left as is (extra partitions only leave workers idle)"
+        )
+    elif partitions is not None and partitions > now.partitions:
+        if compacted:
+            lines.append(
+                f"{name}: {now.partitions} partitions, the deployment asks {partitions}: not"
+                " grown, it is compacted (a key's new value in another partition would"
+                " leave the old one readable); move it to a new topic instead"
+            )
+        else:
+            grow_to = partitions
+            lines.append(f"{name}: partitions {now.partitions} -> {partitions}")
+    wanted = dict(configs)
+    if now.replication_factor < replication.factor:
+        # A min.insync.replicas above the copies a partition has refuses every acks=all write.
+        wanted.pop(MIN_ISR, None)
+        lines.append(
+            f"{name}: replication {now.replication_factor}, the deployment asks"
+            f" {replication.factor}: Kafka raises it only by a reassignment"
+            " (kafka-reassign-partitions.sh --bootstrap-server <broker>"
+            " --reassignment-json-file <plan.json> --execute, one replica list per"
+            f" partition); {MIN_ISR} is set to {replication.min_insync} by the next run after it"
+        )
+    else:
+        wanted[MIN_ISR] = str(replication.min_insync)
+        if now.replication_factor > replication.factor:
+            lines.append(
+                f"{name}: replication {now.replication_factor}, above the deployment's"
+                f" {replication.factor}: left as is"
+            )
+    changed = {k: v for k, v in wanted.items() if now.configs.get(k) != v}
+    lines.extend(f"{name}: {k} {now.configs.get(k, '-')} -> {v}" for k, v in changed.items())
+    return TopicPlan(name, grow_to, changed, tuple(lines))
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsOutcome:
+    """What ``apply_topics`` did: the topics created, and printable lines."""
+
+    created: list[str]
+    lines: list[str]
+
+
 def ensure_topics(
     admin: AdminClient,
     topics: Topology,
     timeout: float = 30.0,
     deletion_bound: int | None = None,
+    durability: Durability | None = None,
 ) -> list[str]:
-    """Create missing topics and align configs of existing ones. Returns the names created.
+    """Create missing topics and align existing ones (``apply_topics``); the names created."""
+    outcome = apply_topics(admin, topics, timeout, deletion_bound, durability)
+    for line in outcome.lines:
+        log.info("%s", line)
+    return outcome.created
 
-    ``deletion_bound``: ms, ``deletion_bound_ms()`` (the environment) when None."""
+
+def apply_topics(
+    admin: AdminClient,
+    topics: Topology,
+    timeout: float = 30.0,
+    deletion_bound: int | None = None,
+    durability: Durability | None = None,
+) -> TopicsOutcome:
+    """Create the catalogue's missing topics; align existing ones (configs with
+    ``min.insync.replicas``, partitions grown, never shrunk) and the jobs' internal topics
+    (``min.insync.replicas``); say what cannot be changed (``plan_topic``).
+
+    ``deletion_bound`` (ms) and ``durability``: from the environment when None.
+    DurabilityError when the deployment asks for more replicas than the cluster has."""
     bound = deletion_bound_ms() if deletion_bound is None else deletion_bound
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted_durability = Durability.read() if durability is None else durability
+    brokers = cluster_brokers(admin, timeout)
+    replication = wanted_durability.resolve(brokers)
+    lines = [wanted_durability.describe(brokers)]
+    metadata = admin.list_topics(timeout=timeout).topics
     wanted = {spec.name(topics): spec for spec in CATALOGUE}
     new = [
         NewTopic(
-            name, num_partitions=spec.partitions, replication_factor=1, config=spec.configs(bound)
+            name,
+            num_partitions=spec.partition_count(wanted_durability),
+            replication_factor=replication.factor,
+            config={**spec.configs(bound), MIN_ISR: str(replication.min_insync)},
         )
         for name, spec in wanted.items()
-        if name not in existing
+        if name not in metadata
     ]
     created: list[str] = []
     if new:
@@ -458,24 +704,73 @@ def ensure_topics(
             except Exception as exc:  # another worker won the race: fine if it exists now
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+    internal = [
+        name
+        for name in metadata
+        if any(name.startswith(internal_topic(topics, role, "")) for role in JOBS)
+    ]
+    existing = [name for name in wanted if name in metadata] + sorted(internal)
+    described = _describe(admin, existing, metadata)
+    plans = []
+    for name in existing:
+        spec = wanted.get(name)
+        if spec is None:  # internal: its partitions follow its input (state.py)
+            plans.append(plan_topic(name, described[name], None, replication, {}))
+            continue
+        plans.append(
+            plan_topic(
+                name,
+                described[name],
+                spec.partition_count(wanted_durability),
+                replication,
+                spec.configs(bound),
+                compacted=spec.compacted,
+            )
+        )
+    grow = [NewPartitions(p.name, p.grow_to) for p in plans if p.grow_to is not None]
+    if grow:
+        lines.extend(GROWING)
+        for future in admin.create_partitions(grow, operation_timeout=timeout).values():
+            future.result()
     resources = [
         ConfigResource(
             ResourceType.TOPIC,
-            name,
+            plan.name,
             incremental_configs=[
                 ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
-                for key, value in spec.configs(bound).items()
+                for key, value in plan.set_configs.items()
             ],
         )
-        for name, spec in wanted.items()
-        if name in existing
+        for plan in plans
+        if plan.set_configs
     ]
     if resources:
         for future in admin.incremental_alter_configs(resources).values():
             future.result()
-    _wait_for_leaders(admin, created, timeout)
-    log.info("topics ensured: %d created, %d aligned", len(created), len(resources))
-    return created
+    for plan in plans:
+        lines.extend(plan.lines)
+    _wait_for_leaders(admin, created + [g.topic for g in grow], timeout)
+    lines.append(
+        f"topics: {len(created)} created, {len(resources)} configs aligned, {len(grow)} grown"
+    )
+    return TopicsOutcome(created, lines)
+
+
+def _describe(
+    admin: AdminClient, names: list[str], metadata: Mapping[str, Any]
+) -> dict[str, TopicNow]:
+    if not names:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    return {
+        name: TopicNow(
+            len(metadata[name].partitions),
+            min((len(p.replicas) for p in metadata[name].partitions.values()), default=0),
+            {key: entry.value for key, entry in configs[name].items()},
+        )
+        for name in names
+    }
 
 
 def create_topic(
@@ -484,13 +779,20 @@ def create_topic(
     partitions: int,
     config: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    durability: Durability | None = None,
 ) -> None:
-    """Create a topic outside the catalogue (a job-internal one) unless it exists, and wait
-    until it is usable. Another worker creating it at the same time is fine."""
+    """Create a topic outside the catalogue (a job-internal one: state changelogs, command
+    topics) unless it exists, with the deployment's replication (the environment's when
+    ``durability`` is None), and wait until it is usable. Another worker creating it at the
+    same time is fine."""
+    replication = replication_of(admin, durability)
     futures = admin.create_topics(
         [
             NewTopic(
-                name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+                name,
+                num_partitions=partitions,
+                replication_factor=replication.factor,
+                config={MIN_ISR: str(replication.min_insync), **(config or {})},
             )
         ],
         operation_timeout=timeout,
@@ -500,6 +802,20 @@ def create_topic(
             future.result()
         except Exception as exc:  # another worker created it first
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    _wait_for_leaders(admin, [name], timeout)
+
+
+def grow_copartitioned(admin: AdminClient, name: str, partitions: int, timeout: float) -> None:
+    """Grow a job-internal topic to its grown input's count (another worker may have)."""
+    log.warning("growing %s to %d partitions like its input", name, partitions)
+    for future in admin.create_partitions(
+        [NewPartitions(name, partitions)], operation_timeout=timeout
+    ).values():
+        try:
+            future.result()
+        except Exception as exc:  # another worker grew it first
+            if "INVALID_PARTITIONS" not in str(exc):
                 raise
     _wait_for_leaders(admin, [name], timeout)
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.kafka.clients import client_config
+from streams.kafka.clients import client_config, producer_config
 from streams.source import Source
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,17 @@ class TransactionalLoop:
             "fetch.wait.max.ms": 100,
         }
         consumer_conf.update(config.extra_consumer or {})
-        producer_conf: dict[str, Any] = {
-            **client_config(config.bootstrap_servers),
-            "transactional.id": config.transactional_id,
-            "transaction.timeout.ms": config.transaction_timeout_ms,
-            "linger.ms": 5,
-            "batch.num.messages": 10_000,
-            "compression.type": "lz4",
-            "enable.idempotence": True,
-        }
-        producer_conf.update(config.extra_producer or {})
+        producer_conf = producer_config(
+            config.bootstrap_servers,
+            {
+                "transactional.id": config.transactional_id,
+                "transaction.timeout.ms": config.transaction_timeout_ms,
+                "linger.ms": 5,
+                "batch.num.messages": 10_000,
+                "compression.type": "lz4",
+                **(config.extra_producer or {}),
+            },
+        )
         self.consumer = Consumer(consumer_conf)
         self.producer = Producer(producer_conf)
 

@@ -2,6 +2,8 @@
 
 The broker comes from ``kafka_bootstrap`` (tests/conftest.py): the project's
 own KRaft broker, a Docker testcontainer, or ``KAFKA_BOOTSTRAP_SERVERS``.
+``kafka_cluster`` is three KRaft nodes (``LocalCluster``), started only for the tests that
+ask for it (issue 15: replication 3, a broker killed mid-stream).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from streams.infra.broker import free_port
+from streams.infra.broker import LocalCluster, free_port
 from streams.jobs.processes import stop_jobs
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
@@ -45,6 +47,14 @@ def schema_registry_url() -> Iterator[str]:
         yield registry.url
     finally:
         registry.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    """Three KRaft nodes on loopback, replication 3 and min ISR 2 for the internal topics.
+    A test that kills a node must bring it back before it ends (``nodes[i].start()``)."""
+    with LocalCluster(brokers=3) as cluster:
+        yield cluster
 
 
 @dataclass

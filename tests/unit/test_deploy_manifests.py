@@ -70,6 +70,20 @@ def test_topics_run_as_a_job_and_the_deletion_bound_is_configured() -> None:
     assert int(config["STREAMS_DELETION_BOUND_MS"]) > 0
 
 
+def test_the_manifests_and_compose_carry_valid_durability_settings() -> None:
+    """Issue 15: replication 3, min ISR 2 and the partition count are set per deployment,
+    in values ``Settings.read`` accepts."""
+    from streams.kafka.topics import Durability
+
+    config = by_kind("ConfigMap")["privacy-streams"]["data"]
+    assert Durability.read(config) == Durability(3, 2, int(config["STREAMS_PARTITIONS"]))
+    compose = yaml.safe_load((K8S.parents[1] / "docker-compose.yml").read_text())
+    env = compose["services"]["topics"]["environment"]
+    assert Durability.read({k: str(v) for k, v in env.items()}).replication_factor is None
+    for job in JOBS:  # every job reads them too (internal topics)
+        assert compose["services"][job]["environment"]["STREAMS_PARTITIONS"] == "6"
+
+
 def test_compose_replicas_of_a_job_get_distinct_worker_ids() -> None:
     """``docker compose up --scale router=3``: each replica's worker id (and transactional
     id) is its container's hostname, not one id shared by all (they would fence each

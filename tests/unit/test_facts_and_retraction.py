@@ -223,9 +223,15 @@ def test_r15_barrier_answer_not_in_yet_holds_records_and_a_failed_one_is_asked_a
         asked.append(Future())
         return {tp: asked[-1]}
 
-    pending = PendingEnds(ask)
+    renewed: list[bool] = []
+    pending = PendingEnds(ask, on_failure=lambda: renewed.append(True))
     assert pending.ends() is None  # not answered yet
     asked[0].set_exception(KafkaException(KafkaError(KafkaError._TRANSPORT)))
     assert pending.ends() is None and len(asked) == 2  # asked again
+    assert renewed == [True]  # by a new admin client (a stale leader epoch fails for good)
     asked[1].set_result(type("Answer", (), {"offset": 7})())
     assert pending.ends() == {("facts", 0): 7}
+
+    # An answer that never comes (a client that lost the leader) is asked again too.
+    unanswered = PendingEnds(ask, on_failure=lambda: renewed.append(True), answer_s=0.0)
+    assert unanswered.ends() is None and len(asked) == 4 and len(renewed) == 2
