@@ -144,3 +144,16 @@ def test_unreachable_broker_and_registry_are_one_line_without_traceback_R16(
         assert done.stdout == ""
         (line,) = done.stderr.splitlines()
         assert line.startswith(f"streams: error: {expected}")
+
+
+def test_streams_topics_then_explain_finds_the_topic_R16(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``streams topics`` (options after the command) makes the topics and registers the
+    contracts; explain then answers "no audited decision", not "no audit topic"."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    code, out, err = run(["topics", *connection(stack, prefix)], capsys)
+    assert code == 0, err
+    assert out.rstrip().endswith("schemas registered")
+    code, out, err = run(["explain", "r-1", *connection(stack, prefix)], capsys)
+    assert code == 1 and err == "" and "no audited decision for r-1" in out
