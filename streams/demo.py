@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -25,11 +26,12 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from streams.jobs.audit_index import rule_titles
 from streams.jobs.processes import Cluster, running
 from streams.kafka.clients import client_config, producer_config
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
-from streams.kafka.topics import Topology, ensure_topics, key_for
+from streams.kafka.topics import ROLL_KEY, Topology, ensure_topics, key_for
 from streams.policy.config import PolicyConfig
 from streams.policy.models import DAY_MS
 from streams.traffic import TrafficGenerator, TrafficMix
@@ -43,8 +45,9 @@ def _step(message: str) -> Callable[..., None]:
     started = time.monotonic()
     print(f"  {message} ...", end="", flush=True)
 
-    def done(detail: str = "") -> None:
-        print(f" done in {time.monotonic() - started:.1f}s{' ' + detail if detail else ''}")
+    def done(detail: str = "", outcome: str = "done") -> None:
+        took = time.monotonic() - started
+        print(f" {outcome} in {took:.1f}s{' ' + detail if detail else ''}", flush=True)
 
     return done
 
@@ -66,10 +69,17 @@ def _change(org: str, cid: str, effective: int, **fields: Any) -> dict[str, Any]
     return record
 
 
+def demo_prefix() -> str:
+    """A topic prefix of its own per run: runs on one broker never mix."""
+    return f"demo{uuid.uuid4().hex[:6]}."
+
+
 class Demo:
-    def __init__(self, bootstrap: str, registry_url: str, work_dir: Path) -> None:
+    def __init__(
+        self, bootstrap: str, registry_url: str, work_dir: Path, prefix: str | None = None
+    ) -> None:
         self.config = PolicyConfig()
-        self.topology = Topology(f"demo{uuid.uuid4().hex[:6]}.")
+        self.topology = Topology(prefix or demo_prefix())
         self.cluster = Cluster(bootstrap, registry_url, self.topology, work_dir / "logs")
         self.work_dir = work_dir
         self.contracts = Contracts(registry_client(registry_url), self.topology)
@@ -78,6 +88,13 @@ class Demo:
         self.start = self.now - 2 * 3_600_000
         self.clock_file = work_dir / "retention-clock"
         self.clock_file.write_text(str(self.now))
+        self.request_ids: list[str] = []
+
+    def close(self) -> None:
+        """Flush and drop the demo's producer: no client may outlive the broker it talks to
+        (librdkafka would log every refused reconnect after the broker stops)."""
+        self.producer.flush(30)
+        del self.producer
 
     @property
     def bootstrap(self) -> str:
@@ -160,25 +177,36 @@ class Demo:
         )
         self.producer.flush(30)
         for i in range(REQUESTS):
-            self.produce("request_logs", traffic.request(start + i * 1_000))
+            request = traffic.request(start + i * 1_000)
+            self.request_ids.append(str(request["request_id"]))
+            self.produce("request_logs", request)
             if i % 1000 == 0:
                 self.producer.poll(0)
         self.produce("controls_watermark", {"watermark_ms": self.now, "published_at_ms": self.now})
         self.producer.flush(60)
         done()
 
-    def wait_for(self, what: str, field: str, target: Callable[[], int], limit_s: float) -> int:
+    def wait_for(
+        self, what: str, field: str, target: Callable[[], int], limit_s: float, counted: str
+    ) -> int:
+        """Wait until ``field`` holds ``target()`` records, showing the count as it grows;
+        says "done" only when the target is reached, "timed out" otherwise."""
         done = _step(what)
         deadline = time.monotonic() + limit_s
-        count = 0
-        while time.monotonic() < deadline:
+        wanted, count, shown = target(), 0, -1
+        print(f" {counted}:", end="", flush=True)
+        while True:
             count = self.count(field)
-            print(f" {count:,}", end="", flush=True)
-            if count >= target():
-                break
+            if count != shown:
+                print(f" {count:,}", end="", flush=True)
+                shown = count
+            if count >= wanted:
+                done(f"({count:,} of {wanted:,})" if wanted > 1 else "")
+                return count
+            if time.monotonic() > deadline:
+                done(f"({count:,} of {wanted:,} {counted})", outcome="TIMED OUT after")
+                return count
             time.sleep(2)
-        done()
-        return count
 
     def run(self) -> int:
         self.setup()
@@ -191,14 +219,19 @@ class Demo:
             self.cluster, "router", "retention", "usage", "safety-evaluation", extra_env=env
         ):
             self.wait_for(
-                "router: routing every request exactly once", "audit", lambda: REQUESTS, 90
+                "router: routing every request exactly once",
+                "usage_events",
+                lambda: REQUESTS,
+                90,
+                "usage events (one per request, R3)",
             )
-            logged = self.count("log_store")
+            logged = self.census("log_store")[0]  # values: tombstones are not records
             self.wait_for(
                 "retention: safety review of the flagged org's logs (R5)",
                 "safety_review",
                 lambda: 1,
                 30,
+                "safety-review copies",
             )
             done = _step("advancing the retention clock by 31 days")
             self.clock_file.write_text(str(self.now + 31 * DAY_MS))
@@ -210,10 +243,17 @@ class Demo:
                 "deletion_events",
                 lambda: logged - held - contract,
                 60,
+                "deletion events",
             )
-            self.wait_for("usage: hourly metrics (R3)", "usage_metrics", lambda: 1, 30)
             self.wait_for(
-                "safety evaluation: de-identified records (R8)", "safety_evaluation", lambda: 1, 30
+                "usage: hourly metrics (R3)", "usage_metrics", lambda: 1, 30, "hourly aggregates"
+            )
+            self.wait_for(
+                "safety evaluation: de-identified records (R8)",
+                "safety_evaluation",
+                lambda: 1,
+                30,
+                "evaluation records",
             )
             print(self.summary())
             done = _step("leak-canary check through the running jobs")
@@ -230,44 +270,174 @@ class Demo:
         return 0 if report.ok else 1
 
     def summary(self) -> str:
-        routes: Counter[tuple[str, str, str]] = Counter()
-        for record in self.decoded("audit"):
-            routes[
-                (record["job"], " + ".join(record["routes"]), ", ".join(record["rule_ids"]))
-            ] += 1
-        lines = ["", "Decisions, from the audit topic (R16):", ""]
-        lines.append(f"  {'records':>8}  {'job':<10} {'routes':<40}  rules")
-        for (job, route, rules), count in sorted(routes.items(), key=lambda kv: (kv[0][0], -kv[1])):
-            lines.append(f"  {count:>8,}  {job:<10} {route:<40}  {rules}")
-        reasons = Counter(e["reason"] for e in self.decoded("deletion_events"))
-        lines += [
-            "",
-            "Deletion events (R4/R15): "
-            + (", ".join(f"{n:,} {reason}" for reason, n in reasons.most_common()) or "none"),
+        """What went in, where it went and why, for a person: every table adds up on its own
+        total line, every rule id is named, nothing needs arithmetic."""
+        audit = self.decoded("audit")
+        traffic = set(self.request_ids)
+        titles = rule_titles()
+        inputs = [
+            ("request logs", "request_logs"),
+            ("data-control changes", "data_controls"),
+            ("controls watermarks", "controls_watermark"),
+            ("misuse flags", "misuse_flags"),
+            ("legal holds", "legal_holds"),
+            ("account deletions", "account_deletions"),
         ]
-        lines += ["", "Records per topic:"]
-        for field in (
-            "log_store",
-            "training_candidates",
-            "usage_events",
-            "usage_metrics",
-            "safety_review",
-            "safety_evaluation",
-            "deletion_events",
-            "audit",
-            "dead_letters",
-        ):
-            topic = getattr(self.topology, field)
-            lines.append(f"  {topic:<44} {self.count(field):>8,}")
+        counts = {field: self.count(field) for _, field in inputs}
+        lines = ["", "What went in:", ""]
+        lines += _table([(label, counts[f], "") for label, f in inputs], "records", total=False)
+        seen_rules: set[str] = set()
+        tables = (
+            ("router", f"{counts['request_logs']:,} request logs in, one decision each", _ROUTER),
+            ("retention", "each log-store record", _RETENTION),
+        )
+        for job, what, note in tables:
+            routes: Counter[tuple[str, str]] = Counter()
+            for record in audit:
+                if record["job"] == job and record["subject_id"] in traffic:
+                    rules = sorted(record["rule_ids"], key=_rule_order)
+                    seen_rules.update(rules)
+                    routes[(" + ".join(record["routes"]) or "-", " ".join(rules))] += 1
+            lines += ["", f"Where the {job} sent them ({what}; from the audit topic, R16):", ""]
+            rows = [
+                (route, n, rules)
+                for (route, rules), n in sorted(routes.items(), key=lambda kv: (kv[0][0], -kv[1]))
+            ]
+            lines += _table(rows, "decisions", notes_header="rules")
+            lines += [f"  {line}" for line in textwrap.wrap(note, WIDTH - 2)]
+        lines += ["", "The rules (full text: docs/policy.md, or /policy on the explain service):"]
+        for rule in sorted(seen_rules, key=_rule_order):
+            lines.append(f"  {rule:<4} {titles.get(rule, '')}")
+        lines += ["", "What the topics hold now:", ""]
+        rows = []
+        for field, meaning in _TOPIC_MEANINGS:
+            records, tombstones, rolls = self.census(field)
+            note = meaning
+            if tombstones or rolls:
+                note += f"; besides them {tombstones:,} deletion tombstones"
+                note += f" and {rolls:,} segment-roll markers" if rolls else ""
+                note += " (keys only, no content)"
+            rows.append((getattr(self.topology, field), records, note))
+        newest: dict[tuple[Any, ...], int] = {}
+        metrics = self.decoded("usage_metrics")
+        for m in metrics:  # each hour's aggregate is published again as requests arrive
+            newest[(m["org_id"], m["endpoint"], m["model"], m["window_start_ms"])] = m["requests"]
+        rows.append(
+            (
+                self.topology.usage_metrics,
+                len(metrics),
+                f"updates of {len(newest):,} hourly aggregates (per org, endpoint, model and"
+                f" hour, R3), each published again as its hour's requests arrive; the newest of"
+                f" each count {sum(newest.values()):,} requests",
+            )
+        )
+        lines += _table(rows, "records", notes_header="what they are", total=False)
         return "\n".join(lines)
 
+    def census(self, field: str) -> tuple[int, int, int]:
+        """(records with a value, deletion tombstones, segment-roll markers) of a topic."""
+        records = tombstones = rolls = 0
+        for key, value, _, _ in read_topic(self.bootstrap, getattr(self.topology, field), 0.5):
+            if value is not None:
+                records += 1
+            elif key == ROLL_KEY:
+                rolls += 1
+            else:
+                tombstones += 1
+        return records, tombstones, rolls
 
-def run_demo() -> int:
+    def examples(self) -> dict[str, str]:
+        """One request id per kind of route a person may want explained."""
+        found: dict[str, str] = {}
+        wanted = set(self.request_ids)
+        for record in self.decoded("audit"):
+            subject = str(record["subject_id"])
+            if subject not in wanted:
+                continue
+            routes, rules = record["routes"], record["rule_ids"]
+            if record["job"] == "router" and "training_candidate" in routes:
+                found.setdefault("a training candidate (R9)", subject)
+            elif record["job"] == "router" and "R2" in rules:
+                found.setdefault("a zero-data-retention request (R2)", subject)
+            elif record["job"] == "retention" and "held" in routes:
+                found.setdefault("a record kept under a hold (R5/R6)", subject)
+        return found
+
+
+WIDTH = 100  # columns of the summary; longer notes wrap under their column
+_ROUTER = (
+    "Every request is counted (usage, R3); what else happens to it depends on the rules"
+    " listed with it. Rows with the same routes differ in the rules that sent them there."
+)
+_RETENTION = (
+    "Retention decides a log-store record when it arrives (retained, with its expiry) and"
+    " again when it falls due 31 days later in this demo's clock (deleted, or held while a"
+    " hold covers it); a record under a longer contract (R7) is not due yet. Flagged"
+    " records also get a safety-review copy (R5)."
+)
+_TOPIC_MEANINGS = (
+    ("log_store", "request logs kept for the 30 days (R4) or longer under a hold or contract"),
+    ("training_candidates", "redacted prompt/generation pairs training may use (R9, R11)"),
+    ("usage_events", "one per request: counts, no content (R3)"),
+    ("safety_review", "copies of flagged requests for the safety team (R5)"),
+    ("safety_evaluation", "de-identified records for safety evaluation (R8)"),
+    ("deletion_events", "one per deleted log-store record (R4, R15)"),
+    ("audit", "one per decision of every job, never content (R16)"),
+    ("dead_letters", "inputs that did not decode or validate (R17)"),
+)
+
+
+def _rule_order(rule: str) -> tuple[int, str]:
+    digits = rule.lstrip("R")
+    return (int(digits), rule) if digits.isdigit() else (10_000, rule)
+
+
+def _table(
+    rows: list[tuple[str, int, str]],
+    count_header: str,
+    notes_header: str = "",
+    total: bool = True,
+) -> list[str]:
+    """Rows of (label, count, notes): columns as wide as their longest cell, notes wrapped
+    within ``WIDTH``, and a total line."""
+    if total:
+        rows = [*rows, ("total", sum(n for _, n, _ in rows), "")]
+    width = max([len(label) for label, _, _ in rows] + [5])
+    digits = max([len(f"{n:,}") for _, n, _ in rows] + [len(count_header)])
+    indent = 2 + width + 2 + digits + 2
+    out = [f"  {'':<{width}}  {count_header:>{digits}}  {notes_header}".rstrip()]
+    for i, (label, n, notes) in enumerate(rows):
+        if total and i == len(rows) - 1:
+            out.append(f"  {'':<{width}}  {'-' * digits}")
+        wrapped = textwrap.wrap(notes, max(WIDTH - indent, 30)) or [""]
+        out.append(f"  {label:<{width}}  {n:>{digits},}  {wrapped[0]}".rstrip())
+        out += [" " * indent + more for more in wrapped[1:]]
+    return out
+
+
+def run_demo(keep: bool = False) -> int:
+    """The demo; with ``keep`` the broker, registry, explain service and the results stay up
+    (``streams stack down`` stops them) and request ids to explain are printed."""
     started = time.monotonic()
     print("privacy-streams demo: every job end to end on a local broker")
+    prefix = demo_prefix()
+    explain_url = os.environ.get("STREAMS_EXPLAIN_URL")
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         registry_url = os.environ.get("SCHEMA_REGISTRY_URL")
+        exports = ""
+        if keep and not (bootstrap and registry_url):
+            from streams.infra import stack as local_stack
+
+            done = _step("starting the local stack: Kafka, schema registry, explain service")
+            state = local_stack.up(prefix)
+            bootstrap, registry_url, explain_url = (
+                state.bootstrap,
+                state.registry_url,
+                state.explain_url,
+            )
+            exports = state.exports()
+            done(f"(Kafka at {bootstrap})")
         if not bootstrap:
             from streams.infra.broker import LocalKafka
 
@@ -280,10 +450,43 @@ def run_demo() -> int:
             done = _step("starting the schema registry")
             registry_url = stack.enter_context(LocalSchemaRegistry()).url
             done(f"at {registry_url}")
-        work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="demo-")))
-        status = Demo(bootstrap, registry_url, work_dir).run()
+        if keep:
+            work_dir = Path(tempfile.mkdtemp(prefix="demo-kept-"))
+        else:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="demo-")))
+        demo = Demo(bootstrap, registry_url, work_dir, prefix)
+        try:
+            status = demo.run()
+            examples = demo.examples() if keep else {}
+        finally:
+            demo.close()  # before the ExitStack stops the broker
+    if keep:
+        print(_kept(prefix, exports, explain_url, examples, work_dir))
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
     return status
+
+
+def _kept(
+    prefix: str, exports: str, explain_url: str | None, examples: dict[str, str], logs: Path
+) -> str:
+    lines = ["", f"Kept up: the demo's topics (prefix {prefix}) and job logs in {logs}/logs."]
+    if exports:
+        lines += [
+            "The stack stays up until `.venv/bin/streams stack down`. Point a shell at it:",
+            "",
+            '  eval "$(.venv/bin/streams stack env)"   # prints these lines:',
+            *(f"  {line}" for line in exports.splitlines()),
+        ]
+    else:
+        lines += [f"  export STREAMS_TOPIC_PREFIX={prefix}"]
+    lines += ["", "Ask why a request went where it went (R16):", ""]
+    width = max([len(kind) for kind in examples] + [1])
+    for kind, request_id in examples.items():
+        lines.append(f"  {kind:<{width}}  .venv/bin/streams explain {request_id}")
+    if explain_url:
+        first = next(iter(examples.values()), "")
+        lines += ["", f"  or open {explain_url}/?id={first} in a browser"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

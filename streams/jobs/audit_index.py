@@ -13,7 +13,8 @@ A faust-streaming app, used the way faust is meant to be used:
 
 Audit records never carry content (R16), so neither does the index.
 
-Run it:  streams audit-index   (``--port``, default ``STREAMS_EXPLAIN_PORT`` or 6066)
+Run it:  streams run audit-index   (port ``STREAMS_EXPLAIN_PORT``, default 6066), or
+         python -m streams.jobs.audit_index --port N
 """
 
 from __future__ import annotations
@@ -71,14 +72,24 @@ def merge(stored: bytes | None, record: Mapping[str, Any]) -> bytes:
     return json.dumps(decisions, separators=(",", ":"), sort_keys=True).encode()
 
 
+# Decisions made in the same millisecond are shown in the order the pipeline makes them.
+_STAGE = {"router": 0, "retention": 1, "usage": 2, "safety-evaluation": 3}
+# Epoch milliseconds in a reason ("R4: retained until 1799132183295"), years 2001 to 2286.
+_EPOCH_MS = re.compile(r"\b[1-9]\d{12}\b")
+
+
 def explanation(subject_id: str, stored: bytes | None) -> dict[str, Any]:
-    """The JSON answer: every decision about the subject, oldest first, times in ISO 8601."""
+    """The JSON answer: every decision about the subject, oldest first, times in ISO 8601
+    (the times inside the reasons too)."""
     decisions = sorted(
         (json.loads(stored) if stored else {}).values(),
-        key=lambda d: (d["decided_at_ms"], d["decision_id"]),
+        key=lambda d: (d["decided_at_ms"], _STAGE.get(d["job"], 9), d["decision_id"]),
     )
     for decision in decisions:
         decision["decided_at"] = iso(decision.pop("decided_at_ms"))
+        decision["reasons"] = [
+            _EPOCH_MS.sub(lambda m: iso(int(m.group())), reason) for reason in decision["reasons"]
+        ]
     return {"subject_id": subject_id, "found": bool(decisions), "decisions": decisions}
 
 
@@ -183,6 +194,18 @@ def render_page(subject_id: str = "", answer: Mapping[str, Any] | None = None) -
 POLICY_DOC = "/policy"
 POLICY_FILE = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 _RULE_LINE = re.compile(r"^- \*\*(R\d+) ")
+_RULE_TITLE = re.compile(r"^- \*\*(R\d+) (.+?)\.?\*\*")
+
+
+def rule_titles(markdown: str | None = None) -> dict[str, str]:
+    """Each rule id with its title in the policy's words (``R2``: ``Zero data retention``),
+    from docs/policy.md."""
+    text = POLICY_FILE.read_text() if markdown is None else markdown
+    titles: dict[str, str] = {}
+    for match in map(_RULE_TITLE.match, text.splitlines()):
+        if match is not None:  # the rules come first; later lines are decisions about them
+            titles.setdefault(match.group(1), match.group(2))
+    return titles
 
 
 def render_policy(markdown: str) -> str:
@@ -249,26 +272,37 @@ def render_text(answer: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def serve(settings: Settings, port: int | None = None, bind: str | None = None) -> None:
+    """Index the audit topic and answer on ``port`` until SIGTERM/SIGINT (``streams run
+    audit-index``); port and bind default to ``STREAMS_EXPLAIN_PORT``/``STREAMS_EXPLAIN_BIND``."""
+    topology = settings.topology
+    state_dir = settings.state_dir or Path("var") / "audit-index" / topology.audit
+    index = AuditIndex(
+        settings.bootstrap_servers,
+        settings.registry_url,
+        topology,
+        state_dir,
+        port if port is not None else int(os.environ.get("STREAMS_EXPLAIN_PORT", DEFAULT_PORT)),
+        bind or os.environ.get("STREAMS_EXPLAIN_BIND", "127.0.0.1"),
+    )
+    worker = faust.Worker(index.app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the audit index and its explain service.")
-    parser.add_argument("--bootstrap")
-    parser.add_argument("--registry")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--registry", help="schema registry URL (SCHEMA_REGISTRY_URL)")
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("STREAMS_EXPLAIN_PORT", DEFAULT_PORT))
+        "--port", type=int, help=f"HTTP port (STREAMS_EXPLAIN_PORT, default {DEFAULT_PORT})"
     )
-    parser.add_argument("--bind", default=os.environ.get("STREAMS_EXPLAIN_BIND", "127.0.0.1"))
+    parser.add_argument("--bind", help="address to listen on (STREAMS_EXPLAIN_BIND, 127.0.0.1)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.read(bootstrap_servers=args.bootstrap, registry_url=args.registry)
     except SettingsError as exc:
         parser.error(str(exc))
-    topology = settings.topology
-    state_dir = settings.state_dir or Path("var") / "audit-index" / topology.audit
-    index = AuditIndex(
-        settings.bootstrap_servers, settings.registry_url, topology, state_dir, args.port, args.bind
-    )
-    worker = faust.Worker(index.app, loglevel="INFO", quiet=True)
-    worker.execute_from_commandline()
+    serve(settings, args.port, args.bind)
 
 
 if __name__ == "__main__":

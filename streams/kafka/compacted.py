@@ -153,6 +153,10 @@ class CompactedReader:
 
     def close(self) -> None:
         self._consumer.close()
+        # An AdminClient has no close(): dropping the only reference destroys it now. Left to
+        # the reader's lifetime, it outlived the broker in-process (the job loop that holds
+        # the reader is frozen out of the cyclic collector) and logged refused reconnects.
+        self.__dict__.pop("_admin", None)  # a second close() is harmless
 
 
 _WAITS_KEPT = 10_000  # waits of recent marks remembered for the audit (R16)

@@ -172,6 +172,14 @@ class TransactionalLoop:
             self.consumer.close()
         finally:
             self.producer.flush(10)
+            # Closed here, not left to the garbage collector: run() froze the loop out of the
+            # cyclic collector (gc.freeze), so a loop run in-process (tests, benchmarks) kept
+            # its producer alive past the broker, and librdkafka logged every refused
+            # reconnect ("Connect to ... failed") at the end of the run.
+            # (older confluent-kafka releases have no Producer.close: the GC then decides)
+            close_producer = getattr(self.producer, "close", None)
+            if close_producer is not None:
+                close_producer()
             for close in self.on_close:
                 close()
 

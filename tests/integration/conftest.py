@@ -9,19 +9,26 @@ ask for it (issue 15: replication 3, a broker killed mid-stream).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from streams.infra.broker import LocalCluster
+from streams.infra.broker import LocalCluster, free_port
+from streams.jobs.processes import stop_jobs
 from streams.kafka.compacted import read_topic
 from streams.kafka.serde import Contracts, DecodeError, registry_client
 from streams.kafka.topics import Topology, ensure_topics, key_for
+from streams.policy.audit import Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.settings import Settings
 
@@ -130,3 +137,51 @@ def make_stack(bootstrap: str, registry_url: str) -> Stack:
 @pytest.fixture()
 def stack(kafka_bootstrap: str, schema_registry_url: str) -> Stack:
     return make_stack(kafka_bootstrap, schema_registry_url)
+
+
+@contextmanager
+def explain_service(stack: Stack, work_dir: Path) -> Iterator[str]:
+    """The audit index and its web views over the stack's audit topic, as deployed
+    (``streams run audit-index``); yields its base URL. Its log is ``work_dir/index.log``."""
+    port = free_port()
+    with (work_dir / "index.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "run", "audit-index"],
+            env={
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+                "SCHEMA_REGISTRY_URL": stack.registry_url,
+                "STREAMS_TOPIC_PREFIX": stack.topology.prefix,
+                "STREAMS_STATE_DIR": str(work_dir / "state"),
+                "STREAMS_EXPLAIN_PORT": str(port),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_jobs([process])
+
+
+def audit_decision(
+    subject_id: str,
+    job: str = "router",
+    routes: tuple[str, ...] = ("usage",),
+    rules: tuple[str, ...] = ("R2", "R3"),
+    decided_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """An audit record (R16) as a job writes it, with a reason naming its first rule."""
+    return audit_record(
+        job=job,
+        source=Source("request-logs", 0, 7),
+        subject_id=subject_id,
+        subject_kind="request",
+        org_id="org-1",
+        routes=routes,
+        rule_ids=rules,
+        reasons=(f"{rules[0]}: decided in a test",),
+        consent_version="c-1",
+        policy_version="test",
+        decided_at_ms=int(time.time() * 1000) if decided_at_ms is None else decided_at_ms,
+    )

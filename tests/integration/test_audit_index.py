@@ -7,9 +7,6 @@ the real broker and registry, after the real router has decided a few requests.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from streams.infra.broker import free_port
 from streams.jobs.audit_index import ask_service, render_text, scan_for
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, explain_service
 from tests.integration.test_router import request, run_router, watermark
 
 pytestmark = pytest.mark.integration
@@ -59,24 +55,7 @@ def test_audit_index_explains_by_subject_id_over_http_R16(stack: Stack, tmp_path
         ],
     )
     run_router(stack, decisions=2)
-    port = free_port()
-    prefix = stack.topology.prefix
-    log_path = tmp_path / "index.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.jobs.audit_index", "--port", str(port)],
-            env={
-                **os.environ,
-                "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-                "SCHEMA_REGISTRY_URL": stack.registry_url,
-                "STREAMS_TOPIC_PREFIX": prefix,
-                "STREAMS_STATE_DIR": str(tmp_path / "state"),
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with explain_service(stack, tmp_path) as base:
         answer = explain(base, "r-ok")
         (decision,) = answer["decisions"]
         assert decision["job"] == "router"
@@ -97,10 +76,4 @@ def test_audit_index_explains_by_subject_id_over_http_R16(stack: Stack, tmp_path
         assert scan_for("r-ok", stack.bootstrap, url, stack.topology) == answer
         assert ask_service(base, "r-ok") == answer
         assert "R9" in render_text(answer) and "T" in render_text(answer)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    assert "CANARY" not in log_path.read_text(errors="replace")
+    assert "CANARY" not in (tmp_path / "index.log").read_text(errors="replace")

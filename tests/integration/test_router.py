@@ -225,8 +225,9 @@ def test_late_control_change_is_honoured_R12(stack: Stack) -> None:
     assert candidates["r-after"]["consent_version"] == "consent-on"
     # R16: anyone can ask why; the answer comes from the audit topic.
     from streams.cli import explain
+    from streams.jobs.audit_index import render_text
 
-    why = explain("r-before", stack.settings())
+    why = render_text(explain("r-before", stack.settings()))
     assert "R12" in why and "toggle off" in why and "consent-off" in why
     assert "prompt of" not in why
 
