@@ -441,7 +441,8 @@ def main() -> None:
         " (tombstone + deletion event + audit each)"
     )
     print(f"  ratio job / baseline          {r['expiries_per_s'] / r['baseline_per_s']:.2f}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp / "state", ignore_errors=True)
+    print(f"  the worker's log: {tmp / 'worker.log'}")
 
 
 if __name__ == "__main__":

@@ -191,10 +191,13 @@ class DiskStores:
     (keys prefixed by the partition), so one memtable budget and one block cache bound
     the worker's memory however many partitions it owns.
 
-    ``memory_mb`` splits into the write buffers (a third) and the block cache. The WAL is
-    off: the changelog is the log. After a crash RocksDB reopens at its last flushed
-    memtable, a consistent point that includes its own checkpoint, and the changelog
-    after that checkpoint is replayed.
+    ``memory_mb`` splits into the write buffers (a third) and the block cache. The
+    write-ahead log is on but never synced: a killed process loses nothing (the OS has
+    the appended log), so a restart replays at most the few seconds of changelog after the
+    last checkpoint. Without it, a SIGKILL lost the memtable with its checkpoints and the
+    restart replayed the whole changelog (14 s instead of ~1 s at 300k records). A machine
+    crash may lose the log's tail; RocksDB then reopens at a consistent earlier point,
+    its checkpoint included, and the changelog after it is replayed.
     """
 
     def __init__(self, directory: Path, memory_mb: int = 96, stale_after_ms: int = 43_200_000):
@@ -236,8 +239,7 @@ class DiskStores:
         options.set_block_based_table_factory(table)
         options.increase_parallelism(2)
         self._options = options
-        self._write_options = WriteOptions()
-        self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
+        self._write_options = WriteOptions()  # WAL on, not synced (see above)
         self._dbs: dict[str, Any] = {}
 
     def db(self, name: str) -> Any:

@@ -66,7 +66,7 @@ def test_R4_restart_with_the_disk_replays_only_after_the_checkpoint(tmp_path: Pa
     store.delete(b"k0")
     log.write(store.take_changes())
     store.committed()  # after the checkpoint: on disk, and replayed again (idempotent)
-    stores.close()  # a SIGKILL: the WAL is off, the disk has what RocksDB flushed on close
+    stores.close()
     stores = DiskStores(tmp_path)
     restored = stores.open("s", 3, log.replay, NOW + 1000)
     assert log.replayed_from[-1] == 10
@@ -133,3 +133,35 @@ def test_R4_range_scans_merge_pending_writes_and_the_disk_like_memory(
         disk.committed()
         assert len(disk) == len(memory)
         stores.close()
+
+
+def test_R4_a_sigkilled_worker_restarts_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """A process killed with SIGKILL right after a checkpoint: the restart replays only
+    what follows the checkpoint (the write-ahead log kept it), not the whole changelog."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from streams.kafka.state import DiskStores
+store = DiskStores(Path({str(tmp_path)!r})).open("s", 0, lambda p, s, a: s, {NOW})
+for i in range(1000):
+    store.put(b"k%04d" % i, b"v")
+store.take_changes()
+store.committed()
+store.checkpoint(1000, {NOW})
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False)
+    assert done.returncode == -signal.SIGKILL
+    log = Changelog()
+    log.write({b"k%04d" % i: b"v" for i in range(1000)})
+    log.write({b"late": b"v"})
+    restored = DiskStores(tmp_path).open("s", 0, log.replay, NOW + 1000)
+    assert log.replayed_from == [1000] and restored.replayed == 1
+    assert len(restored) == 1001
+    assert os.path.isdir(tmp_path / "s")
