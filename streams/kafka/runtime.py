@@ -442,7 +442,9 @@ class _Processing:
             started = time.monotonic()
             backend = self.backend
             if isinstance(backend, DiskStores):
-                store = backend.open(name, partition, self.readers[name].replay, self.clock())
+                # Wall time, not the job's clock: a checkpoint's age is measured against
+                # the changelog's tombstone retention, which runs on the broker's time.
+                store = backend.open(name, partition, self.readers[name].replay, wall_clock_ms())
             else:
                 store = backend(self.restore(name, partition))
             # What an aborted batch's punctuators wrote is written again with the next batch
@@ -487,7 +489,7 @@ class _Processing:
                         log.warning("checkpoint of %s/%d skipped: %s", name, partition, exc)
                         self._next_checkpoint = 0.0
                         continue
-                    store.checkpoint(end, self.clock())
+                    store.checkpoint(end, wall_clock_ms())
 
     def restore_owned(self) -> None:
         """Stores are restored on assignment, before the partition's first record."""
