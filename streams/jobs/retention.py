@@ -361,7 +361,9 @@ class ContentReader:
             return found
         first, last = min(wanted), max(wanted)
         self._consumer.assign([TopicPartition(self.topic, partition, first)])
-        deadline = time.monotonic() + timeout_s
+        assigned = time.monotonic()
+        deadline = assigned + timeout_s
+        delivered = False
         try:
             while time.monotonic() < deadline:
                 message = self._consumer.poll(0.5)
@@ -369,9 +371,15 @@ class ContentReader:
                     continue
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
+                    # An end-of-partition event can be left over from the previous read of
+                    # the same partition: it ends this read only after a record of this
+                    # read, or once a stale one would have arrived (everything from
+                    # ``first`` on compacted away or aborted).
+                    eof = error.code() == KafkaError._PARTITION_EOF
+                    if eof and (delivered or time.monotonic() - assigned > 1.0):
                         break
                     continue
+                delivered = True
                 offset = message.offset() or 0
                 request_id = wanted.get(offset)
                 key = message.key()
