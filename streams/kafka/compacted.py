@@ -280,7 +280,7 @@ def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return int(consumer.get_watermark_offsets(tp, timeout=5)[1])
+            return int(consumer.get_watermark_offsets(tp, timeout=min(5.0, timeout_s))[1])
         except KafkaException as exc:
             if not exc.args[0].retriable() and exc.args[0].code() not in _SETTLING:
                 raise

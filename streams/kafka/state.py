@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.clients import client_config
@@ -437,7 +437,8 @@ class StateReader:
         self._reader = Consumer(
             {**base, "isolation.level": "read_committed", "enable.partition.eof": False}
         )
-        self._probe = Consumer({**base, "isolation.level": "read_uncommitted"})
+        self._probe_config = {**base, "isolation.level": "read_uncommitted"}
+        self._probe = Consumer(self._probe_config)
 
     def read(self, partition: int) -> dict[bytes, bytes]:
         """The live records of the partition: key -> latest value, tombstoned keys removed."""
@@ -488,9 +489,19 @@ class StateReader:
             self._reader.unassign()
         return int(end)
 
-    def end(self, partition: int) -> int:
-        """The partition's high watermark (after a commit: every record written before)."""
-        return end_offset(self._probe, TopicPartition(self.topic, partition))
+    def end(self, partition: int, timeout_s: float = 2.0) -> int:
+        """The partition's high watermark (after a commit: every record written before).
+
+        Short, for a checkpoint taken on the job's thread: when it fails the caller skips
+        the checkpoint, and the probe is replaced (after a broker came back, a client's
+        metadata could keep a partition unknown for minutes while a new one was answered
+        at once)."""
+        try:
+            return end_offset(self._probe, TopicPartition(self.topic, partition), timeout_s)
+        except KafkaException:
+            self._probe.close()
+            self._probe = Consumer(self._probe_config)
+            raise
 
     def close(self) -> None:
         self._reader.close()
