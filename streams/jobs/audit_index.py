@@ -39,12 +39,11 @@ from streams.kafka.compacted import read_topic
 from streams.kafka.faust_app import (
     FaustSettings,
     build_app,
-    partition_counts,
     partition_for,
     raw_topic,
 )
 from streams.kafka.serde import Codec, Contracts, DecodeError, load_schema_text, registry_client
-from streams.kafka.topics import Topology, spec_for
+from streams.kafka.topics import Topology, partition_counts, spec_for
 from streams.settings import Settings, SettingsError
 
 log = logging.getLogger("streams.audit_index")

@@ -74,6 +74,7 @@ from streams.kafka.topics import (
     Topology,
     deletion_bound_ms,
     key_for,
+    partition_counts,
     roll_interval_ms,
 )
 from streams.policy.audit import Source, audit_record
@@ -843,7 +844,10 @@ def build(
 
     retention = retention or retention_settings(settings)
     contracts = contracts or contracts_of(settings)
-    admin_topics = _partition_counts(settings.bootstrap_servers, settings.topology)
+    topology = settings.topology
+    admin_topics = partition_counts(
+        settings.bootstrap_servers, [topology.log_store, topology.safety_review]
+    )
     job = RetentionJob(
         retention, contracts, admin_topics[settings.topology.log_store], settings.clock()
     )
@@ -858,20 +862,6 @@ def build(
     job.attach(settings.bootstrap_servers, group, runtime.metrics)
     runtime.on_close.append(job.close)
     return runtime, job
-
-
-def _partition_counts(bootstrap_servers: str, topology: Topology) -> dict[str, int]:
-    from confluent_kafka.admin import AdminClient
-
-    wanted = (topology.log_store, topology.safety_review)
-    metadata = AdminClient(client_config(bootstrap_servers)).list_topics(timeout=30).topics
-    counts = {}
-    for topic in wanted:
-        info = metadata.get(topic)
-        if info is None or info.error is not None:
-            raise RuntimeError(f"topic {topic} does not exist: run `streams topics`")
-        counts[topic] = len(info.partitions)
-    return counts
 
 
 def run(settings: Settings) -> None:

@@ -37,7 +37,6 @@ from streams.kafka.topics import Topology, internal_topic, replication_of
 log = logging.getLogger(__name__)
 
 AT_LEAST_ONCE = "at_least_once"
-EXACTLY_ONCE = "exactly_once"
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -118,18 +117,3 @@ def raw_topic(app: faust.App, *names: str, partitions: int | None = None) -> Top
         value_serializer="raw",
         partitions=partitions,
     )
-
-
-def partition_counts(
-    bootstrap_servers: str, names: list[str], timeout: float = 30.0
-) -> dict[str, int]:
-    """The partition count of each topic (they must exist)."""
-    admin = AdminClient(client_config(bootstrap_servers))
-    metadata = admin.list_topics(timeout=timeout)
-    counts: dict[str, int] = {}
-    for name in names:
-        info = metadata.topics.get(name)
-        if info is None or info.error is not None:
-            raise RuntimeError(f"topic {name} does not exist")
-        counts[name] = len(info.partitions)
-    return counts

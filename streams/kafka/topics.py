@@ -34,6 +34,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from streams.kafka.clients import client_config
+
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
@@ -887,3 +889,18 @@ def internal_topic(topics: Topology, role: str, name: str) -> str:
 
 def readers_of(field: str) -> tuple[str, ...]:
     return spec_for(field).readers
+
+
+def partition_counts(
+    bootstrap_servers: str, names: list[str], timeout: float = 30.0
+) -> dict[str, int]:
+    """The partition count of each topic; a missing one raises, naming `streams topics`."""
+    admin = AdminClient(client_config(bootstrap_servers))
+    metadata = admin.list_topics(timeout=timeout)
+    counts: dict[str, int] = {}
+    for name in names:
+        info = metadata.topics.get(name)
+        if info is None or info.error is not None:
+            raise RuntimeError(f"topic {name} does not exist: run `streams topics`")
+        counts[name] = len(info.partitions)
+    return counts
