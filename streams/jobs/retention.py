@@ -77,6 +77,7 @@ from streams.kafka.topics import (
     partition_counts,
     roll_interval_ms,
 )
+from streams.kafka.transactional import Unavailable
 from streams.policy.audit import Source, audit_record
 from streams.policy.config import PolicyConfig
 from streams.policy.holds import validate_flag, validate_legal_hold
@@ -340,22 +341,21 @@ class ContentReader:
 
     def __init__(self, bootstrap_servers: str, topic: str, group: str) -> None:
         self.topic = topic
-        self._consumer = Consumer(
-            {
-                **client_config(bootstrap_servers),
-                "group.id": group,  # never committed; librdkafka requires one
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
+        self._config = {
+            **client_config(bootstrap_servers),
+            "group.id": group,  # never committed; librdkafka requires one
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+        self._consumer = Consumer(self._config)
 
     def read(self, partition: int, wanted: Mapping[int, str], timeout_s: float = 10.0) -> dict:
         """{request id: raw value} for ``wanted`` {offset: request id} that are still there.
 
-        Raises ``TimeoutError`` when the broker did not answer up to the last wanted offset
-        in time: "not there" is never guessed (a review is retried after a restart; the
+        Raises ``Unavailable`` when the broker did not answer up to the last wanted offset
+        in time: "not there" is never guessed (the runtime tries the turn again, the
         deletion watch skips a round instead of counting a value gone)."""
         found: dict[str, bytes] = {}
         if not wanted:
@@ -391,7 +391,11 @@ class ContentReader:
                 if offset >= last:
                     break
             else:
-                raise TimeoutError(f"{self.topic}/{partition} not read up to {last} in time")
+                # A new client for the next try: after a broker came back, an old one's
+                # metadata could keep the partition's leader unknown (StateReader._end).
+                self._consumer.close()
+                self._consumer = Consumer(self._config)
+                raise Unavailable(f"{self.topic}/{partition} not read up to {last} in time")
         finally:
             self._consumer.unassign()
         return found
@@ -620,7 +624,6 @@ class RetentionJob:
             state.facts_applied = len(self.facts)
         if complete_at is not None:
             self.facts_complete_ms = max(self.facts_complete_ms, complete_at)
-
 
     def _apply(self, ctx: Context, book: RetentionBook, fact: Fact, now: int, limit: int) -> None:
         if fact.fact is None:
@@ -870,4 +873,3 @@ def run(settings: Settings) -> None:
 
     runtime, _ = build(settings)
     serve(runtime, settings)
-

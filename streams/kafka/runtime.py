@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Codec, Contracts, DecodeError
@@ -64,6 +64,7 @@ from streams.kafka.transactional import (
     Output,
     PendingValue,
     TransactionalLoop,
+    Unavailable,
     source_of,
 )
 from streams.source import Source
@@ -433,6 +434,19 @@ class _Processing:
         self.rules: Counter[tuple[str, ...]] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self._published: dict[str, Counter[str]] = {}
+        self._turn_start = self._counts()
+
+    def _counts(self) -> tuple[Counter[Any], ...]:
+        return tuple(
+            Counter(c) for c in (self.consumed, self.routed, self.rules, self.dead_letters)
+        )
+
+    def dropped(self) -> None:
+        """The turn was dropped (aborted, revoked, unavailable): its records are read and
+        counted again, so its counts go, with its state."""
+        self.forget()
+        self.consumed, self.routed, self.rules, self.dead_letters = self._turn_start
+        self._turn_start = self._counts()
 
     # --- state ----------------------------------------------------------------------------
     def store(self, name: str, partition: int) -> KeyValueStore:
@@ -485,7 +499,7 @@ class _Processing:
                     # acknowledged: everything below the high watermark is on disk.
                     try:
                         end = self.readers[name].end(partition)
-                    except KafkaException as exc:  # leaders moving: the next one will do
+                    except Unavailable as exc:  # leaders moving: the next one will do
                         log.warning("checkpoint of %s/%d skipped: %s", name, partition, exc)
                         self._next_checkpoint = 0.0
                         continue
@@ -526,6 +540,7 @@ class _Processing:
     # --- the loop's processor ---------------------------------------------------------------
     def refresh(self) -> list[Output]:
         """Restore newly assigned stores, then run the punctuators that are due."""
+        self._turn_start = self._counts()
         if self.stores:
             self.restore_owned()
         if not self.spec.punctuators:
@@ -721,7 +736,7 @@ class Runtime(TransactionalLoop):
         if self._revoked_in_step:
             # Offsets of this batch may belong to another worker by now: re-read instead.
             log.info("partitions revoked mid-batch: batch discarded, re-reading")
-            self.processor.forget()
+            self.processor.dropped()
             return None
         outputs.extend(self.processor.changelog())
         arrange = self.job.spec.arrange
@@ -729,7 +744,7 @@ class Runtime(TransactionalLoop):
 
     def aborted(self) -> None:
         # The loop went back to the committed offsets: the state must follow.
-        self.processor.forget()
+        self.processor.dropped()
 
     def committed(self) -> None:
         self.processor.committed()

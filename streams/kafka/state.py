@@ -45,6 +45,7 @@ from confluent_kafka.admin import AdminClient
 from streams.kafka.clients import client_config
 from streams.kafka.compacted import end_offset
 from streams.kafka.topics import create_topic, grow_copartitioned
+from streams.kafka.transactional import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,7 @@ class StateReader:
         """The live records of the partition: key -> latest value, tombstoned keys removed."""
         live: dict[bytes, bytes] = {}
         tp = TopicPartition(self.topic, partition)
-        end = end_offset(self._probe, tp)
+        end = self._end(partition, self.timeout_s)
         if end <= 0:
             return live
         self._reader.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
@@ -452,7 +453,7 @@ class StateReader:
         try:
             while self._reader.position([tp])[0].offset < end:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.topic}/{partition} not read to its end in time")
+                    raise Unavailable(f"{self.topic}/{partition} not read to its end in time")
                 for message in self._reader.consume(5000, 0.2):
                     if message.error() is None:
                         _apply(message, live)
@@ -469,7 +470,7 @@ class StateReader:
         """Apply the committed records from ``start`` to the partition's end as of now, in
         batches (None: a tombstone); returns that end (``start`` if nothing was there)."""
         tp = TopicPartition(self.topic, partition)
-        end = end_offset(self._probe, tp)
+        end = self._end(partition, self.timeout_s)
         if end <= start:
             return int(end)
         self._reader.assign([TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)])
@@ -477,7 +478,7 @@ class StateReader:
         try:
             while self._reader.position([tp])[0].offset < end:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.topic}/{partition} not read to its end in time")
+                    raise Unavailable(f"{self.topic}/{partition} not read to its end in time")
                 batch = [
                     (key, message.value())
                     for message in self._reader.consume(5000, 0.2)
@@ -493,15 +494,25 @@ class StateReader:
         """The partition's high watermark (after a commit: every record written before).
 
         Short, for a checkpoint taken on the job's thread: when it fails the caller skips
-        the checkpoint, and the probe is replaced (after a broker came back, a client's
-        metadata could keep a partition unknown for minutes while a new one was answered
-        at once)."""
-        try:
-            return end_offset(self._probe, TopicPartition(self.topic, partition), timeout_s)
-        except KafkaException:
-            self._probe.close()
-            self._probe = Consumer(self._probe_config)
-            raise
+        the checkpoint."""
+        return self._end(partition, timeout_s)
+
+    def _end(self, partition: int, timeout_s: float) -> int:
+        """The high watermark, asked again with a new client while the old one fails:
+        after a broker came back, a client's metadata could keep a partition unknown for
+        minutes while a new one was answered at once (three brokers, one killed: a router
+        exited on "Unknown partition" 30 s after the broker was back). ``Unavailable``
+        when no answer came within ``timeout_s``: the runtime tries the turn again."""
+        deadline = time.monotonic() + timeout_s
+        tp = TopicPartition(self.topic, partition)
+        while True:
+            try:
+                return end_offset(self._probe, tp, min(10.0, timeout_s))
+            except KafkaException as exc:
+                self._probe.close()
+                self._probe = Consumer(self._probe_config)
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"{self.topic}/{partition}: no end offset: {exc}") from exc
 
     def close(self) -> None:
         self._reader.close()

@@ -33,6 +33,17 @@ from streams.source import Source
 log = logging.getLogger(__name__)
 
 
+class Unavailable(TimeoutError):
+    """Raised by a processor when something it must read to decide does not answer now (a
+    broker lost, a partition without a leader): the turn is dropped with nothing of it
+    written, and the loop goes back to the committed offsets and tries again after a pause,
+    instead of exiting (a restarted worker would only wait for the same broker)."""
+
+
+# The pause before a dropped turn is tried again.
+RETRY_AFTER_S = 1.0
+
+
 class PendingValue(Protocol):
     """A value still being computed elsewhere (``streams.kafka.offload``)."""
 
@@ -185,8 +196,17 @@ class TransactionalLoop:
 
     # --- one turn ---------------------------------------------------------------
     def step(self) -> None:
-        self._refreshed = self._unwritten + list(self.processor.refresh())
-        self._unwritten = []
+        self._refreshed, self._unwritten = self._unwritten, []
+        try:
+            self._turn()
+        except Unavailable as exc:
+            log.warning("turn dropped, retried in %.0f s: %s", RETRY_AFTER_S, exc)
+            self._rewind()
+            self.aborted()
+            time.sleep(RETRY_AFTER_S)
+
+    def _turn(self) -> None:
+        self._refreshed = self._refreshed + list(self.processor.refresh())
         outputs = list(self._refreshed)
         offsets: dict[tuple[str, int], int] = {}
         self._drain_pending(outputs, offsets)
@@ -199,7 +219,11 @@ class TransactionalLoop:
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", error)
-                    if error.fatal():
+                    # A fatal consumer error comes as _FATAL with fatal() false: e.g. a
+                    # static member fenced by its own rejoin after its coordinator was lost
+                    # (confluentinc/librdkafka#3437). The consumer is dead: exit, and the
+                    # restarted worker rejoins under the same instance id.
+                    if error.fatal() or error.code() == KafkaError._FATAL:
                         raise KafkaException(error)
                 continue
             source = source_of(message)

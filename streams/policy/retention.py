@@ -299,8 +299,10 @@ class DictStore:
         self, org_id: str, created_from_ms: int = 0, created_to_ms: int | None = None
     ) -> Iterator[Tracked]:
         for record in list(self.rows.values()):
-            if record.org_id == org_id and created_from_ms <= record.created_at_ms and (
-                created_to_ms is None or record.created_at_ms < created_to_ms
+            if (
+                record.org_id == org_id
+                and created_from_ms <= record.created_at_ms
+                and (created_to_ms is None or record.created_at_ms < created_to_ms)
             ):
                 yield record
 

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from streams.jobs.wiring import PolicyAuditTrail, runtime_of
+from streams.kafka.compacted import read_topic
 from streams.kafka.runtime import JobDriver
+from streams.kafka.topics import internal_topic
+from streams.kafka.transactional import Unavailable
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -79,3 +82,32 @@ def test_the_documented_example_punctuator_scans_its_store_in_order_R16(stack: S
         b"org/org-a",
         b"org/org-b",
     ]
+
+
+def test_a_turn_whose_reads_are_unavailable_is_tried_again_not_doubled_R16(stack: Stack) -> None:
+    """R16: a job that cannot read what it needs now (``Unavailable``: a broker lost) has
+    its turn dropped and tried again in the same process, not exited; each decision is
+    written once and the store holds each org once."""
+    module = example()
+
+    class Flaky(module.FirstSeen):  # type: ignore[misc, name-defined]
+        failures = 2
+
+        def process(self, ctx: Any, record: dict[str, Any]) -> None:
+            super().process(ctx, record)  # the store write and audit of this turn: dropped
+            if record["request_id"] == "r-2" and self.failures:
+                self.failures -= 1
+                raise Unavailable("log-store/0 not read up to 7 in time")
+
+    job = Flaky()
+    stack.produce("usage_events", [("a", event("org-a", "r-1")), ("b", event("org-b", "r-2"))])
+    stack.produce("usage_events", [("c", event("org-c", "r-3"))])
+    loop = runtime_of(job, stack.settings("flaky"))
+    deadline = time.monotonic() + 60
+    loop.run(until=lambda: loop.decided >= 3 or time.monotonic() > deadline)
+    assert job.failures == 0
+    first = [v["subject_id"] for _, v in stack.read("audit") if v["routes"] == ["first_seen"]]
+    assert sorted(first) == ["r-1", "r-2", "r-3"]
+    changelog = internal_topic(stack.topology, "first-seen", "orgs")
+    keys = [key for key, _, _, _ in read_topic(stack.bootstrap, changelog)]
+    assert sorted(keys) == [b"org/org-a", b"org/org-b", b"org/org-c"]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from streams.kafka import transactional
 from streams.kafka.runtime import ConsumedRecord
-from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop
+from streams.kafka.transactional import LoopConfig, Output, TransactionalLoop, Unavailable
 
 
 class _Producer:
@@ -99,3 +101,64 @@ def test_R17_a_dead_letter_from_state_survives_an_aborted_transaction() -> None:
         ("dead-letters", "data-controls-0@7", b"bad control record"),
         ("log-store", b"r-1", b"v"),
     ]
+
+
+class _Unavailable(_Processor):
+    """Cannot read what it needs for the first record, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def process(self, message: Message) -> list[Output]:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("log-store/0 not read up to 7 in time")
+        return super().process(message)
+
+
+def _loop(processor: _Processor, consumer: Any) -> tuple[TransactionalLoop, _Producer]:
+    loop = TransactionalLoop(LoopConfig("127.0.0.1:9", "group", "txn", ["requests"]), processor)
+    loop.consumer.close()
+    producer = _Producer(aborts=0)
+    loop.producer, loop.consumer = producer, consumer
+    return loop, producer
+
+
+def test_R16_a_turn_that_cannot_read_is_tried_again_in_process_and_written_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R16: ``Unavailable`` drops the turn (nothing written) and the loop goes on: the
+    record is decided again, and what ``refresh`` gave is written once, with it."""
+    monkeypatch.setattr(transactional, "RETRY_AFTER_S", 0.0)
+    consumer = _Consumer([ConsumedRecord("requests", 0, 0, b"r-1", b"v")])
+    loop, producer = _loop(_Unavailable(), consumer)
+    loop.step()
+    assert producer.written == []
+    loop.step()
+    loop.step()
+    assert sorted(producer.written) == [
+        ("dead-letters", "data-controls-0@7", b"bad control record"),
+        ("log-store", b"r-1", b"v"),
+    ]
+
+
+def test_a_fatal_consumer_error_ends_the_worker_to_be_restarted() -> None:
+    """A fenced static member's consumer reports _FATAL with ``fatal()`` false
+    (confluentinc/librdkafka#3437): the worker exits instead of idling with a dead consumer."""
+
+    class _Fatal(_Consumer):
+        def consume(self, *_: Any) -> list[Any]:
+            return [_ErrorMessage(KafkaError(KafkaError._FATAL, "fenced"))]
+
+    loop, _ = _loop(_Processor(), _Fatal([]))
+    with pytest.raises(KafkaException):
+        loop.step()
+
+
+class _ErrorMessage:
+    def __init__(self, error: KafkaError) -> None:
+        self._error = error
+
+    def error(self) -> KafkaError:
+        return self._error
