@@ -471,13 +471,17 @@ class _Processing:
                     if key is not None and (out.value is None or isinstance(out.value, bytes)):
                         store.stage(key, out.value)
             stores[partition] = store
-            replayed = f", {store.replayed} replayed" if isinstance(store, DiskStore) else ""
+            # On disk the count is not kept (``DiskStore.__len__``): what was replayed is.
+            size = (
+                f"{store.replayed} replayed from {store.restored_from}"
+                if isinstance(store, DiskStore)
+                else f"{len(store)} entries"
+            )
             log.info(
-                "partition %d restored: store %s, %d entries%s in %.2fs",
+                "partition %d restored: store %s, %s in %.2fs",
                 partition,
                 name,
-                len(store),
-                replayed,
+                size,
                 time.monotonic() - started,
             )
         return store
@@ -639,8 +643,12 @@ class _Processing:
                 if total > seen[key]:
                     push(key, total - seen[key])
                     seen[key] = total
+        backend = self.backend
         for name, stores in self.stores.items():
-            metrics.state_size(name, sum(len(store) for store in stores.values()))
+            if isinstance(backend, DiskStores):
+                metrics.state_size(name, backend.estimate(name))
+            else:
+                metrics.state_size(name, sum(len(store) for store in stores.values()))
 
 
 def changelog_topics(spec: JobSpec, topics: Topology) -> dict[str, str]:

@@ -1,0 +1,94 @@
+"""The retention job's audit records of deletions, which it splices (the outcome fields of
+every deletion of a kind encoded once), against ``audit_record`` applied directly (R16)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streams.jobs.retention import RetentionJob, RetentionSettings
+from streams.jobs.wiring import PolicyAuditTrail
+from streams.kafka.runtime import JobDriver
+from streams.kafka.serde import Contracts, registry_client
+from streams.kafka.topics import Topology
+from streams.policy.audit import Source, audit_record
+from streams.policy.config import PolicyConfig
+from streams.policy.models import DAY_MS
+
+NOW = 1_800_000_000_000
+
+
+def log_record(rid: str, days: int) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "org_id": "org-1",
+        "api_key_id": "key-1",
+        "key_type": "PRODUCTION",
+        "created_at_ms": NOW,
+        "endpoint": "chat",
+        "model": "command-r",
+        "source": "API",
+        "connectors": [],
+        "prompt": "a prompt",
+        "documents": [],
+        "generation": "a generation",
+        "input_tokens": 1,
+        "output_tokens": 2,
+        "client_ip": None,
+        "user_id": None,
+        "metadata": {},
+        "retention_days": days,
+        "consent_version": "consent-1",
+        "policy_version": "test",
+    }
+
+
+def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None:
+    """R16: each deletion's audit record (expiry and contractual retention, R4/R7) decodes
+    to exactly what ``audit_record`` gives for it, byte for byte."""
+    config = PolicyConfig()
+    topics = Topology()
+    contracts = Contracts(registry_client(f"mock://retention-{uuid.uuid4().hex}"), topics)
+    contracts.register_all()
+    now = [NOW]
+    job = RetentionJob(RetentionSettings(config, topics, Path("unused")), contracts, 1)
+    driver = JobDriver(job, contracts, PolicyAuditTrail(config), clock=lambda: now[0])
+    codec = contracts.codec("log_store")
+    ids = [f"req-{i}" for i in range(6)]
+    for i, rid in enumerate(ids):
+        driver.process("log_store", rid.encode(), codec.encode(log_record(rid, 30 + i % 2)))
+    driver.commit()
+    now[0] = NOW + 40 * DAY_MS
+    job.facts_complete_ms = now[0]  # every fact applied (no fact reader here)
+    audit = contracts.codec("audit")
+    written = {
+        out.key: out.value
+        for out in driver.punctuate()
+        if out.topic == topics.audit and isinstance(out.value, bytes)
+    }
+    for offset, rid in enumerate(ids):
+        contract = offset % 2 == 1
+        decoded = audit.decode(written[rid])
+        assert decoded["routes"] == ["deleted"]
+        reason = "CONTRACT_RETENTION_EXPIRED" if contract else "EXPIRED"
+        text = (
+            "R7: contractual retention of 31 days ended"
+            if contract
+            else "R4: 30 days after creation"
+        )
+        expected = audit_record(
+            job="retention",
+            source=Source(topics.log_store, 0, offset),
+            subject_id=rid,
+            subject_kind="log_record",
+            org_id="org-1",
+            routes=("deleted",),
+            rule_ids=("R4", "R7") if contract else ("R4",),
+            reasons=(text, f"deletion reason {reason}"),
+            consent_version="",
+            policy_version=config.policy_version,
+            decided_at_ms=now[0],
+            decision_suffix=f"/delete/{rid}",
+        )
+        assert written[rid] == audit.encode(expected)
