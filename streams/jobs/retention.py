@@ -151,84 +151,102 @@ def _ms(value: int) -> bytes:
     return _TIME.pack(min(max(value, 0), 2**64 - 1))
 
 
+def _org_key(org_id: str, created_at_ms: int, request_id: bytes) -> bytes:
+    return b"o" + org_id.encode() + b"\0" + _ms(created_at_ms) + request_id
+
+
+def _due_key(due_ms: int, request_id: bytes) -> bytes:
+    return b"e" + _ms(due_ms) + request_id
+
+
+def book_indexes(key: bytes, value: bytes) -> list[bytes]:
+    """A tracked record's index entries (``StoreSpec.derive``): its org / creation-time
+    entry, and its schedule entry; derived from the row, never changelogged."""
+    if key[:1] != b"r":
+        return []
+    row = marshal.loads(value)
+    rid = key[1:]
+    indexes = [_org_key(row[0], row[2], rid)] if row[0] else []
+    if len(row) > _DUE and row[_DUE] >= 0:
+        indexes.append(_due_key(row[_DUE], rid))
+    return indexes
+
+
+_DUE = 7  # the row's last field: when it is scheduled (-1: not scheduled)
+
+
 class BookStore:
     """The ``TrackedStore`` of one partition's book, in a runtime ``KeyValueStore``:
 
-    - ``r<request id>``  -> the tracked record (marshal; ids, times, offset, reviews)
+    - ``r<request id>``  -> the tracked record (marshal; ids, times, offset, reviews, and
+      when it is scheduled)
     - ``o<org>\\0<created ms><request id>`` (index: an org's records in creation order)
     - ``e<due ms><request id>`` (the schedule, in time order)
     - ``h<request id>`` -> the hold ids of a record due but held
     - ``f<fact key>`` -> a fact the book applied (JSON)
 
-    Times are 8-byte big-endian so byte order is time order.
+    Times are 8-byte big-endian so byte order is time order. The ``o`` and ``e`` entries
+    are derived from the rows (``book_indexes``): the changelog carries each tracked record
+    once, and a restore rebuilds both indexes. So a record has one schedule entry, at
+    the last time it was scheduled for; the policy's sweep allows for that (it schedules a
+    record again whenever it leaves it undeleted and unheld).
     """
 
     def __init__(self, kv: KeyValueStore, partition: int) -> None:
+        if kv.derive is not book_indexes:  # the job's store has it from its StoreSpec
+            kv.indexed_by(book_indexes)
         self.kv = kv
         self.partition = partition
-        # The row read last: a record is read, then written (one disk read, not two).
+        # The row read or written last: a record is read, then written (one disk read).
         self._last: tuple[bytes, bytes | None] | None = None
 
-    def get(self, request_id: str) -> Tracked | None:
-        key = b"r" + request_id.encode()
+    def _row(self, key: bytes) -> bytes | None:
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
         data = self.kv.get(key)
         self._last = (key, data)
+        return data
+
+    def get(self, request_id: str) -> Tracked | None:
+        data = self._row(b"r" + request_id.encode())
         return None if data is None else self._decode(request_id, data)
 
     def _decode(self, request_id: str, data: bytes) -> Tracked:
-        org, api_key, created, days, offset, reviewed, consent = marshal.loads(data)
+        org, api_key, created, days, offset, reviewed, consent = marshal.loads(data)[:_DUE]
         return Tracked(
             request_id, org, api_key, created, days, self.partition, offset, reviewed, consent
         )
 
-    def put(self, record: Tracked) -> None:
-        rid = record.request_id.encode()
-        key = b"r" + rid
-        last, self._last = self._last, None
-        previous = last[1] if last is not None and last[0] == key else self.kv.get(key)
-        if previous is not None:
-            old = self._decode(record.request_id, previous)
-            if (old.org_id, old.created_at_ms) != (record.org_id, record.created_at_ms):
-                self._unindex(old)
-        self.kv.put(
-            key,
-            marshal.dumps(
-                (
-                    record.org_id,
-                    record.api_key_id,
-                    record.created_at_ms,
-                    record.retention_days,
-                    record.offset,
-                    tuple(record.reviewed),
-                    record.consent_version,
-                )
-            ),
+    def put(self, record: Tracked, due_ms: int | None = None) -> None:
+        key = b"r" + record.request_id.encode()
+        if due_ms is None:
+            previous = self._row(key)
+            due = marshal.loads(previous)[_DUE:] if previous is not None else ()
+            due_ms = due[0] if due else -1
+        self._write(key, record, due_ms)
+
+    def _write(self, key: bytes, record: Tracked, due: int) -> None:
+        data = marshal.dumps(
+            (
+                record.org_id,
+                record.api_key_id,
+                record.created_at_ms,
+                record.retention_days,
+                record.offset,
+                tuple(record.reviewed),
+                record.consent_version,
+                due,
+            )
         )
-        if record.org_id:
-            self.kv.put(self._org_key(record), b"")
+        self.kv.put(key, data)
+        self._last = (key, data)
 
     def delete(self, request_id: str) -> None:
         key = b"r" + request_id.encode()
-        last, self._last = self._last, None
-        data = last[1] if last is not None and last[0] == key else self.kv.get(key)
-        record = None if data is None else self._decode(request_id, data)
-        if record is not None:
-            self.kv.delete(b"r" + request_id.encode())
-            self._unindex(record)
-
-    def _unindex(self, record: Tracked) -> None:
-        if record.org_id:
-            self.kv.delete(self._org_key(record))
-
-    @staticmethod
-    def _org_key(record: Tracked) -> bytes:
-        return (
-            b"o"
-            + record.org_id.encode()
-            + b"\0"
-            + _ms(record.created_at_ms)
-            + record.request_id.encode()
-        )
+        if self._row(key) is not None:
+            self.kv.delete(key)  # its index entries with it
+            self._last = (key, None)
 
     def scan(
         self, org_id: str, created_from_ms: int = 0, created_to_ms: int | None = None
@@ -244,16 +262,19 @@ class BookStore:
                 yield record
 
     def schedule(self, request_id: str, due_ms: int) -> None:
-        self.kv.put(b"e" + _ms(due_ms) + request_id.encode(), b"")
+        key = b"r" + request_id.encode()
+        data = self._row(key)
+        if data is not None:  # the policy schedules only what it stored
+            self._write(key, self._decode(request_id, data), due_ms)
 
     def unschedule(self, due_ms: int, request_id: str) -> None:
-        self.kv.delete(b"e" + _ms(due_ms) + request_id.encode())
+        self.kv.delete_index(_due_key(due_ms, request_id.encode()))
 
     def due(
         self, until_ms: int, limit: int, after: tuple[int, str] | None = None
     ) -> list[tuple[int, str]]:
         entries: list[tuple[int, str]] = []
-        start = b"e" if after is None else b"e" + _ms(after[0]) + after[1].encode() + b"\0"
+        start = b"e" if after is None else _due_key(after[0], after[1].encode()) + b"\0"
         for key, _ in self.kv.range(start, b"e" + _ms(until_ms + 1)):
             entries.append((_TIME.unpack_from(key, 1)[0], key[9:].decode()))
             if len(entries) >= limit:
@@ -509,7 +530,9 @@ class RetentionJob:
             outputs=("log_store", "deletion_events", "safety_review", "audit", "dead_letters"),
             stores=(
                 # Tombstones outlive the longest a checkpoint is trusted (DiskStores).
-                StoreSpec(BOOKS, topic_config={"delete.retention.ms": str(DAY_MS)}),
+                StoreSpec(
+                    BOOKS, topic_config={"delete.retention.ms": str(DAY_MS)}, derive=book_indexes
+                ),
             ),
             punctuators=(
                 Punctuator(0, self.apply_facts, per_partition=False),  # every turn, first

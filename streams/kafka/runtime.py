@@ -50,6 +50,7 @@ from confluent_kafka import Message, TopicPartition
 from streams.kafka.metrics import JobMetrics
 from streams.kafka.serde import Codec, Contracts, DecodeError
 from streams.kafka.state import (
+    Derive,
     DiskStore,
     DiskStores,
     KeyValueStore,
@@ -130,6 +131,8 @@ class StoreSpec:
     name: str
     topic_config: Mapping[str, str] = field(default_factory=dict)
     input: str | None = None
+    # The index entries an entry implies (``KeyValueStore``: kept in step, not changelogged).
+    derive: Derive | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +426,7 @@ class _Processing:
                 raise ValueError(f"job {spec.name} must declare the {needed} output (R16/R17)")
         self.changelogs = changelog_topics(spec, topics)
         self.stores: dict[str, dict[int, KeyValueStore]] = {s.name: {} for s in spec.stores}
+        self.derive = {s.name: s.derive for s in spec.stores}
         # The input topic each store is co-partitioned with, and the partitions assigned.
         self.store_topic = {s.name: topics.name(s.input or spec.inputs[0]) for s in spec.stores}
         self.owned: dict[str, set[int]] = {}
@@ -455,12 +459,17 @@ class _Processing:
         if store is None:
             started = time.monotonic()
             backend = self.backend
+            derive = self.derive[name]
             if isinstance(backend, DiskStores):
                 # Wall time, not the job's clock: a checkpoint's age is measured against
                 # the changelog's tombstone retention, which runs on the broker's time.
-                store = backend.open(name, partition, self.readers[name].replay, wall_clock_ms())
+                store = backend.open(
+                    name, partition, self.readers[name].replay, wall_clock_ms(), derive
+                )
             else:
                 store = backend(self.restore(name, partition))
+                if derive is not None:
+                    store.indexed_by(derive)
             # What an aborted batch's punctuators wrote is written again with the next batch
             # (the loop offers their outputs again): the store includes it meanwhile, so a
             # punctuator does not decide the same thing twice.

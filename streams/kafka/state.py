@@ -35,7 +35,7 @@ import struct
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -52,16 +52,26 @@ log = logging.getLogger(__name__)
 V = TypeVar("V")
 
 
+# The index entries (keys; their values are empty) an entry implies (``derive``).
+Derive = Callable[[bytes, bytes], Iterable[bytes]]
+
+
 class KeyValueStore(ABC):
     """One partition of a job's state: bytes keys in byte order, bytes values.
 
     Writes are recorded for the changelog (``take_changes``); a derived view (``view``)
     lives and dies with the store, so it can never outlive a restore.
+
+    With ``derive`` (``StoreSpec.derive``), every entry's index entries are kept with the
+    store in step with its writes, and never changelogged: a restore derives them again
+    from the entries. The changelog then carries each entry once, not once per index (the
+    retention job's books: one changelog record per tracked record instead of three).
     """
 
     def __init__(self) -> None:
         self._changes: dict[bytes, bytes | None] = {}
         self._views: dict[str, Any] = {}
+        self._derive: Derive | None = None
 
     # --- the backend --------------------------------------------------------------------
     @abstractmethod
@@ -87,12 +97,45 @@ class KeyValueStore(ABC):
         return self._get(key) is not None
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._derive is not None:
+            self._reindex(key, value)
         self._put(key, value)
         self._changes[key] = value
 
     def delete(self, key: bytes) -> None:
+        if self._derive is not None:
+            self._reindex(key, None)
         self._delete(key)
         self._changes[key] = None  # a tombstone in the changelog
+
+    def delete_index(self, key: bytes) -> None:
+        """Remove an index entry (e.g. a schedule entry read and done with). Not
+        changelogged: a restore derives it again while its entry implies it."""
+        self._delete(key)
+
+    def _reindex(self, key: bytes, value: bytes | None) -> None:
+        derive = self._derive
+        assert derive is not None
+        old = self._get(key)
+        if old is not None:
+            for index in derive(key, old):
+                self._delete(index)
+        if value is not None:
+            for index in derive(key, value):
+                self._put(index, b"")
+
+    @property
+    def derive(self) -> Derive | None:
+        """What the store derives its index entries with (None: no index entries)."""
+        return self._derive
+
+    def indexed_by(self, derive: Derive) -> None:
+        """Keep ``derive``'s index entries from now on, derived first for what the store
+        holds (a restored in-memory store; an on-disk one derives them as it restores)."""
+        self._derive = derive
+        for key, value in list(self._range(None, None)):
+            for index in derive(key, value):
+                self._put(index, b"")
 
     def range(
         self, start: bytes | None = None, end: bytes | None = None
@@ -126,6 +169,8 @@ class KeyValueStore(ABC):
     def stage(self, key: bytes, value: bytes | None) -> None:
         """A write whose changelog record is already on its way (an aborted batch's, offered
         again): part of the store, not recorded as a change."""
+        if self._derive is not None:
+            self._reindex(key, value)
         if value is None:
             self._delete(key)
         else:
@@ -256,9 +301,13 @@ class DiskStores:
         estimate, ``rocksdb.estimate-num-keys``: exact only after compaction)."""
         return int(self.db(name).property_int_value("rocksdb.estimate-num-keys") or 0)
 
-    def open(self, name: str, partition: int, replay: Replay, now_ms: int) -> DiskStore:
-        """Partition ``partition`` of store ``name``, brought up to the changelog's end."""
+    def open(
+        self, name: str, partition: int, replay: Replay, now_ms: int, derive: Derive | None = None
+    ) -> DiskStore:
+        """Partition ``partition`` of store ``name``, brought up to the changelog's end
+        (with the index entries ``derive`` gives for what it replays)."""
         store = DiskStore(self.db(name), partition)
+        store._derive = derive
         store.restore(replay, now_ms, self.stale_after_ms)
         return store
 
@@ -396,7 +445,26 @@ class DiskStore(KeyValueStore):
 
     def _replayed(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
         self.replayed += len(changes)
-        self._write(changes)
+        self._write(changes if self._derive is None else self._with_indexes(changes))
+
+    def _with_indexes(
+        self, changes: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[tuple[bytes, bytes | None]]:
+        """The changes with the index entries they remove and imply, in order."""
+        derive = self._derive
+        assert derive is not None
+        keys = list(dict.fromkeys(key for key, _ in changes))
+        current = dict(zip(keys, self._db.get([self._prefix + k for k in keys]), strict=True))
+        out: list[tuple[bytes, bytes | None]] = []
+        for key, value in changes:
+            old = current.get(key)
+            if old is not None:
+                out.extend((index, None) for index in derive(key, old))
+            if value is not None:
+                out.extend((index, b"") for index in derive(key, value))
+            out.append((key, value))
+            current[key] = value
+        return out
 
     def _write(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
         from rocksdict import WriteBatch

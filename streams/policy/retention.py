@@ -239,7 +239,9 @@ class TrackedStore(Protocol):
 
     def get(self, request_id: str) -> Tracked | None: ...
 
-    def put(self, record: Tracked) -> None: ...
+    def put(self, record: Tracked, due_ms: int | None = None) -> None:
+        """Store ``record``; with ``due_ms``, schedule it then too (``schedule``)."""
+        ...
 
     def delete(self, request_id: str) -> None: ...
 
@@ -289,8 +291,10 @@ class DictStore:
     def get(self, request_id: str) -> Tracked | None:
         return self.rows.get(request_id)
 
-    def put(self, record: Tracked) -> None:
+    def put(self, record: Tracked, due_ms: int | None = None) -> None:
         self.rows[record.request_id] = record
+        if due_ms is not None:
+            self.schedule(record.request_id, due_ms)
 
     def delete(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
@@ -474,10 +478,10 @@ class RetentionBook:
         if previous is not None:
             # R5: a flag already sent this record to review; a replay must not send it twice.
             record = replace(record, reviewed=previous.reviewed)
-        self.store.put(record)
+        due = self.due_at(record)
+        self.store.put(record, due)
         if previous is not None:  # only a record seen before can have been held
             self.store.unpark(record.request_id)
-        due = self.due_at(record)
         effects: list[Effect] = [self._retained_note(record, due)]
         if record.org_id not in self._deleted_orgs:
             for hold in self.holds.covering(
@@ -488,7 +492,6 @@ class RetentionBook:
                 "misuse",
             ):
                 effects.extend(self._review(record, hold))
-        self._schedule(record.request_id, due)
         if due <= now_ms:
             effects.extend(self._sweep(now_ms, limit).effects)
         return effects
@@ -744,8 +747,12 @@ class RetentionBook:
                 record = store.get(request_id)
                 if record is None or store.is_parked(request_id):
                     continue  # already deleted, or already known to be held
-                if self.due_at(record) > now_ms:
-                    continue  # rescheduled since (a later entry exists)
+                due = self.due_at(record)
+                if due > now_ms:
+                    # Rescheduled since: a later entry exists. Scheduled again all the same,
+                    # for a store that keeps one entry per record (the job's).
+                    self._schedule(request_id, due)
+                    continue
                 holds = self._active_holds(record)
                 if holds:
                     store.park(request_id, tuple(h.hold_id for h in holds))

@@ -165,3 +165,67 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert log.replayed_from == [1000] and restored.replayed == 1
     assert len(restored) == 1001
     assert os.path.isdir(tmp_path / "s")
+
+
+def by_value(key: bytes, value: bytes) -> list[bytes]:
+    """An index: each entry under its value (``i<value>/<key>``), entries 'x...' none."""
+    return [] if key.startswith(b"x") else [b"i" + value + b"/" + key]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", b"c", b"xa"]),
+            st.one_of(st.none(), st.sampled_from([b"1", b"2", b"3"])),
+            st.sampled_from(["commit", "checkpoint", ""]),
+        ),
+        max_size=40,
+    )
+)
+def test_R4_R5_derived_index_entries_are_never_changelogged_and_come_back_on_restore(
+    writes: list[tuple[bytes, bytes | None, str]],
+) -> None:
+    """A store with ``derive`` keeps each entry's index entries in step with its writes
+    (in memory and on disk); the changelog carries only the entries; a restore with the
+    disk (replaying after its checkpoint), without it, and in memory gives the same."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        log = Changelog()
+        stores = DiskStores(Path(directory))
+        disk = stores.open("s", 0, log.replay, NOW, derive=by_value)
+        memory = MemoryStore()
+        memory.indexed_by(by_value)
+        for key, value, step in writes:
+            for store in (disk, memory):
+                if value is None:
+                    store.delete(key)
+                else:
+                    store.put(key, value)
+            changes = disk.take_changes()
+            assert all(not k.startswith(b"i") for k in changes)
+            assert changes == memory.take_changes()
+            log.write(changes)
+            if step:
+                disk.committed()
+            if step == "checkpoint":
+                disk.checkpoint(len(log.records), NOW)
+        disk.committed()
+        live = list(memory.items())
+        assert list(disk.items()) == live
+        expected_index = sorted(
+            i for k, v in live if not k.startswith(b"i") for i in by_value(k, v)
+        )
+        assert [k for k, _ in live if k.startswith(b"i")] == expected_index
+        stores.close()
+        stores = DiskStores(Path(directory))
+        warm = stores.open("s", 0, log.replay, NOW + 1000, derive=by_value)
+        assert list(warm.items()) == live
+        stores.destroy()
+        cold = DiskStores(Path(directory)).open("s", 0, log.replay, NOW, derive=by_value)
+        assert list(cold.items()) == live
+        replayed: dict[bytes, bytes | None] = dict(log.records)
+        restored = MemoryStore({k: v for k, v in replayed.items() if v is not None})
+        restored.indexed_by(by_value)
+        assert list(restored.items()) == live
