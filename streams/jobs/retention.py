@@ -220,13 +220,13 @@ class BookStore:
 
     def put(self, record: Tracked, due_ms: int | None = None) -> None:
         key = b"r" + record.request_id.encode()
+        previous = self._row(key)
         if due_ms is None:
-            previous = self._row(key)
             due = marshal.loads(previous)[_DUE:] if previous is not None else ()
             due_ms = due[0] if due else -1
-        self._write(key, record, due_ms)
+        self._write(key, record, due_ms, previous)
 
-    def _write(self, key: bytes, record: Tracked, due: int) -> None:
+    def _write(self, key: bytes, record: Tracked, due: int, previous: bytes | None) -> None:
         data = marshal.dumps(
             (
                 record.org_id,
@@ -239,13 +239,14 @@ class BookStore:
                 due,
             )
         )
-        self.kv.put(key, data)
+        self.kv.put(key, data, previous)
         self._last = (key, data)
 
     def delete(self, request_id: str) -> None:
         key = b"r" + request_id.encode()
-        if self._row(key) is not None:
-            self.kv.delete(key)  # its index entries with it
+        previous = self._row(key)
+        if previous is not None:
+            self.kv.delete(key, previous)  # its index entries with it
             self._last = (key, None)
 
     def scan(
@@ -265,7 +266,7 @@ class BookStore:
         key = b"r" + request_id.encode()
         data = self._row(key)
         if data is not None:  # the policy schedules only what it stored
-            self._write(key, self._decode(request_id, data), due_ms)
+            self._write(key, self._decode(request_id, data), due_ms, data)
 
     def unschedule(self, due_ms: int, request_id: str) -> None:
         self.kv.delete_index(_due_key(due_ms, request_id.encode()))

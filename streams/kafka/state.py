@@ -56,6 +56,13 @@ V = TypeVar("V")
 Derive = Callable[[bytes, bytes], Iterable[bytes]]
 
 
+class _Unread:
+    """An entry's previous value not given (``KeyValueStore.put``): read when needed."""
+
+
+UNREAD = _Unread()
+
+
 class KeyValueStore(ABC):
     """One partition of a job's state: bytes keys in byte order, bytes values.
 
@@ -96,15 +103,17 @@ class KeyValueStore(ABC):
     def __contains__(self, key: bytes) -> bool:
         return self._get(key) is not None
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, previous: bytes | None | _Unread = UNREAD) -> None:
+        """``previous``: the entry's value as the job has just read it (with ``derive``,
+        saves reading it again to re-index)."""
         if self._derive is not None:
-            self._reindex(key, value)
+            self._reindex(key, value, previous)
         self._put(key, value)
         self._changes[key] = value
 
-    def delete(self, key: bytes) -> None:
+    def delete(self, key: bytes, previous: bytes | None | _Unread = UNREAD) -> None:
         if self._derive is not None:
-            self._reindex(key, None)
+            self._reindex(key, None, previous)
         self._delete(key)
         self._changes[key] = None  # a tombstone in the changelog
 
@@ -113,10 +122,12 @@ class KeyValueStore(ABC):
         changelogged: a restore derives it again while its entry implies it."""
         self._delete(key)
 
-    def _reindex(self, key: bytes, value: bytes | None) -> None:
+    def _reindex(
+        self, key: bytes, value: bytes | None, previous: bytes | None | _Unread = UNREAD
+    ) -> None:
         derive = self._derive
         assert derive is not None
-        old = self._get(key)
+        old = self._get(key) if isinstance(previous, _Unread) else previous
         if old is not None:
             for index in derive(key, old):
                 self._delete(index)
