@@ -522,6 +522,7 @@ class RetentionJob:
         # only what is due by then (0 until the facts were first read to their end).
         self.facts_complete_ms = 0
         self._content: ContentReader | None = None
+        self._metrics: JobMetrics | None = None
         self.watch: DeletionWatch | None = None
         self._roll_every_ms = roll_interval_ms(settings.deletion_bound)
         self._next_roll = 0.0
@@ -553,6 +554,7 @@ class RetentionJob:
     # --- wiring -------------------------------------------------------------------------
     def attach(self, bootstrap_servers: str, group: str, metrics: JobMetrics) -> None:
         """The fact reader, the content reader for reviews, and the deletion watch."""
+        self._metrics = metrics
         self._reader = CompactedReader(
             bootstrap_servers,
             list(self._control_codecs),
@@ -660,6 +662,9 @@ class RetentionJob:
             state.facts_applied = len(self.facts)
         if complete_at is not None:
             self.facts_complete_ms = max(self.facts_complete_ms, complete_at)
+        if self._metrics is not None:
+            # A stalled facts barrier stops every deletion: visible before the bound is.
+            self._metrics.facts_behind(max(0, now - self.facts_complete_ms) / 1000)
 
     def _apply(self, ctx: Context, book: RetentionBook, fact: Fact, now: int, limit: int) -> None:
         if fact.fact is None:

@@ -103,6 +103,15 @@ class JobMetrics:
             registry=r,
         )
 
+        self._facts_behind = Gauge(
+            "streams_facts_behind_seconds",
+            "R4/R5/R6/R15: how far behind the job's clock the instant is up to which every "
+            "published flag, hold and deletion is applied; deletions wait for it, so alert "
+            "when it nears the deletion bound",
+            ["job"],
+            registry=r,
+        )
+
     # --- helpers -----------------------------------------------------------------------
     def _label(self, kind: str, value: object) -> str:
         label = safe_label(value)
@@ -116,6 +125,9 @@ class JobMetrics:
     def deletion(self, bound_s: float, oldest_readable_s: float) -> None:
         self._deletion_bound.labels(self.job).set(bound_s)
         self._deleted_readable.labels(self.job).set(oldest_readable_s)
+
+    def facts_behind(self, seconds: float) -> None:
+        self._facts_behind.labels(self.job).set(seconds)
 
     def record_in(self, topic: str, n: int = 1) -> None:
         self._in.labels(self.job, self._label("topic", topic)).inc(n)

@@ -1,5 +1,6 @@
-"""The retention job's audit records of deletions, which it splices (the outcome fields of
-every deletion of a kind encoded once), against ``audit_record`` applied directly (R16)."""
+"""The retention job driven without a broker: its audit records of deletions, which it
+splices (the outcome fields of every deletion of a kind encoded once), against
+``audit_record`` applied directly (R16); and the facts barrier's gauge."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from streams.jobs.retention import RetentionJob, RetentionSettings
 from streams.jobs.wiring import PolicyAuditTrail
+from streams.kafka.metrics import JobMetrics
 from streams.kafka.runtime import JobDriver
 from streams.kafka.serde import Contracts, registry_client
 from streams.kafka.topics import Topology
@@ -92,3 +94,52 @@ def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None
             decision_suffix=f"/delete/{rid}",
         )
         assert written[rid] == audit.encode(expected)
+
+
+class _Ends:
+    def ends(self) -> dict[tuple[str, int], int]:
+        return {("flags", 0): 3}
+
+
+class _Facts:
+    """The facts reader: read to the published ends only while ``caught_up``."""
+
+    caught_up = True
+
+    def poll(self) -> None:
+        pass
+
+    def ask_published_ends(self) -> _Ends:
+        return _Ends()
+
+    def reached(self, _ends: dict[tuple[str, int], int]) -> bool:
+        return self.caught_up
+
+
+def test_R4_R5_R6_a_stalled_facts_barrier_shows_in_the_facts_behind_gauge() -> None:
+    """R4/R5/R6: deletions wait for the facts to be read to their published end (fail
+    closed); how far that instant lags the clock is exported, to alert before the bound."""
+    config = PolicyConfig()
+    topics = Topology()
+    contracts = Contracts(registry_client(f"mock://retention-{uuid.uuid4().hex}"), topics)
+    contracts.register_all()
+    now = [NOW]
+    job = RetentionJob(RetentionSettings(config, topics, Path("unused")), contracts, 1)
+    facts = _Facts()
+    metrics = JobMetrics("retention")
+    job._reader, job._metrics = facts, metrics  # type: ignore[assignment]
+    driver = JobDriver(job, contracts, PolicyAuditTrail(config), clock=lambda: now[0])
+
+    def behind() -> float:
+        text = metrics.exposition().decode()
+        line = next(x for x in text.splitlines() if x.startswith("streams_facts_behind_seconds{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    driver.punctuate()  # asks the facts' ends: nothing applied up to any instant yet
+    assert behind() == NOW / 1000
+    driver.punctuate()  # read to them: complete up to when they were asked
+    assert behind() == 0
+    facts.caught_up = False
+    now[0] += 7_000
+    driver.punctuate()  # the facts are not read to their ends: the instant stays
+    assert behind() == 7
