@@ -222,7 +222,9 @@ class BookStore:
         key = b"r" + record.request_id.encode()
         previous = self._row(key)
         if due_ms is None:
-            due = marshal.loads(previous)[_DUE:] if previous is not None else ()
+            if previous is None:  # stored unscheduled, it would never be deleted (R4)
+                raise ValueError("a new tracked record is stored with its due time")
+            due = marshal.loads(previous)[_DUE:]
             due_ms = due[0] if due else -1
         self._write(key, record, due_ms, previous)
 
@@ -361,6 +363,10 @@ class _Partition:
     facts_applied: int = 0
     next_tick: float = 0.0  # monotonic: the job's clock may stand still (tests) or jump
     more: bool = False
+    # Deletions of the next tick: from a few up to ``tick_limit``, doubling, so the first
+    # transaction after a (re)start is small and its deletions are written in a second,
+    # not after tick_limit x partitions of them (a restarted worker's first expiry).
+    ramp: int = 250
 
 
 # --- content read-back (R5) --------------------------------------------------------------
@@ -523,6 +529,7 @@ class RetentionJob:
         self.facts_complete_ms = 0
         self._content: ContentReader | None = None
         self._metrics: JobMetrics | None = None
+        self._first_turn_ms: int | None = None
         self.watch: DeletionWatch | None = None
         self._roll_every_ms = roll_interval_ms(settings.deletion_bound)
         self._next_roll = 0.0
@@ -644,6 +651,7 @@ class RetentionJob:
         if reader is None:
             return
         reader.poll()
+        self._report_facts_behind(ctx.now())  # also when applying below fails
         complete_at: int | None = None
         if self._ends is not None:
             ends = self._ends.ends()
@@ -662,9 +670,16 @@ class RetentionJob:
             state.facts_applied = len(self.facts)
         if complete_at is not None:
             self.facts_complete_ms = max(self.facts_complete_ms, complete_at)
+        self._report_facts_behind(now)
+
+    def _report_facts_behind(self, now: int) -> None:
+        """A stalled facts barrier stops every deletion: shown before the bound is missed.
+        Before the facts are first complete, counted from the job's first turn."""
+        if self._first_turn_ms is None:
+            self._first_turn_ms = now
         if self._metrics is not None:
-            # A stalled facts barrier stops every deletion: visible before the bound is.
-            self._metrics.facts_behind(max(0, now - self.facts_complete_ms) / 1000)
+            since = self.facts_complete_ms or self._first_turn_ms
+            self._metrics.facts_behind(max(0, now - since) / 1000)
 
     def _apply(self, ctx: Context, book: RetentionBook, fact: Fact, now: int, limit: int) -> None:
         if fact.fact is None:
@@ -706,7 +721,9 @@ class RetentionJob:
         state.next_tick = started + self.settings.tick_interval_s
         now = ctx.now()
         at = min(now, self.facts_complete_ms)
-        result = state.book.tick(at, self.settings.tick_limit)
+        limit = min(state.ramp, self.settings.tick_limit)
+        state.ramp = limit * 2
+        result = state.book.tick(at, limit)
         state.more = result.more
         if not result.more:
             state.book.prune_released(at)

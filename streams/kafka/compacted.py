@@ -282,11 +282,16 @@ def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
         try:
             return int(consumer.get_watermark_offsets(tp, timeout=min(5.0, timeout_s))[1])
         except KafkaException as exc:
-            if not exc.args[0].retriable() and exc.args[0].code() not in _SETTLING:
+            if not settling(exc.args[0]):
                 raise
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def settling(error: KafkaError) -> bool:
+    """Whether ``error`` passes once leaders have settled (a broker lost or back)."""
+    return bool(error.retriable()) or error.code() in _SETTLING
 
 
 # While leaders move (a broker lost or back), metadata can briefly not know a partition.

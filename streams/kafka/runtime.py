@@ -563,19 +563,23 @@ class _Processing:
         outputs: list[Output] = []
         ctx.outputs = outputs
         ctx.source, ctx.key, ctx.value = Source("", -1, -1), None, None
+        next_due = list(self._next_due)  # moved on only if every punctuator ran
         for index, punctuator in enumerate(self.spec.punctuators):
-            if now < self._next_due[index]:
+            if now < next_due[index]:
                 continue
-            self._next_due[index] = now + punctuator.every_ms
+            next_due[index] = now + punctuator.every_ms
             partitions = [-1]
             if self.stores and punctuator.per_partition:
                 partitions = sorted(next(iter(self.stores.values())))
             for partition in partitions:
                 ctx.partition = partition
                 punctuator.run(ctx)
+        self._next_due = next_due
         # What the punctuators wrote to stores goes with what they emitted: written in this
-        # turn's transaction, or with the next one if this one aborts.
+        # turn's transaction, or with the next one if this one aborts (and so counted now:
+        # a dropped turn gives back only the counts of what it read).
         outputs.extend(self.changelog())
+        self._turn_start = self._counts()
         return outputs
 
     def process(self, message: Message) -> list[Output] | None:

@@ -43,7 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.clients import client_config
-from streams.kafka.compacted import end_offset
+from streams.kafka.compacted import end_offset, settling
 from streams.kafka.topics import create_topic, grow_copartitioned
 from streams.kafka.transactional import Unavailable
 
@@ -514,9 +514,12 @@ class StateReader:
             # never joins or commits; named after the job so its ACLs cover it (R18)
             "group.id": f"{group_prefix}-state-reader-{uuid.uuid4().hex[:8]}",
         }
-        self._reader = Consumer(
-            {**base, "isolation.level": "read_committed", "enable.partition.eof": False}
-        )
+        self._reader_config = {
+            **base,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        }
+        self._reader = Consumer(self._reader_config)
         self._probe_config = {**base, "isolation.level": "read_uncommitted"}
         self._probe = Consumer(self._probe_config)
 
@@ -532,6 +535,7 @@ class StateReader:
         try:
             while self._reader.position([tp])[0].offset < end:
                 if time.monotonic() > deadline:
+                    self._renew_reader()
                     raise Unavailable(f"{self.topic}/{partition} not read to its end in time")
                 for message in self._reader.consume(5000, 0.2):
                     if message.error() is None:
@@ -557,6 +561,7 @@ class StateReader:
         try:
             while self._reader.position([tp])[0].offset < end:
                 if time.monotonic() > deadline:
+                    self._renew_reader()
                     raise Unavailable(f"{self.topic}/{partition} not read to its end in time")
                 batch = [
                     (key, message.value())
@@ -588,10 +593,19 @@ class StateReader:
             try:
                 return end_offset(self._probe, tp, min(10.0, timeout_s))
             except KafkaException as exc:
+                if not settling(exc.args[0]):
+                    raise  # e.g. not authorized: the worker exits, it would not pass
                 self._probe.close()
                 self._probe = Consumer(self._probe_config)
                 if time.monotonic() >= deadline:
                     raise Unavailable(f"{self.topic}/{partition}: no end offset: {exc}") from exc
+                time.sleep(0.5)
+
+    def _renew_reader(self) -> None:
+        """A new reading client for the next try (its metadata may be stale, like the
+        probe's in ``_end``)."""
+        self._reader.close()
+        self._reader = Consumer(self._reader_config)
 
     def close(self) -> None:
         self._reader.close()

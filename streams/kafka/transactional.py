@@ -196,17 +196,21 @@ class TransactionalLoop:
 
     # --- one turn ---------------------------------------------------------------
     def step(self) -> None:
-        self._refreshed, self._unwritten = self._unwritten, []
         try:
             self._turn()
         except Unavailable as exc:
             log.warning("turn dropped, retried in %.0f s: %s", RETRY_AFTER_S, exc)
-            self._rewind()
+            self._rewind_retrying()
             self.aborted()
             time.sleep(RETRY_AFTER_S)
 
     def _turn(self) -> None:
-        self._refreshed = self._refreshed + list(self.processor.refresh())
+        # What an aborted turn's ``refresh`` gave stays in ``_unwritten`` while ``refresh``
+        # runs: the runtime stages it into the stores it restores (their changelog records
+        # are among those outputs).
+        self._refreshed = []
+        self._refreshed = self._unwritten + list(self.processor.refresh())
+        self._unwritten = []
         outputs = list(self._refreshed)
         offsets: dict[tuple[str, int], int] = {}
         self._drain_pending(outputs, offsets)
@@ -350,7 +354,7 @@ class TransactionalLoop:
     def _rewind(self) -> None:
         """Back to the committed offsets; the batch in hand is dropped, but what ``refresh``
         gave for it is offered again with the next batch."""
-        self._unwritten, self._refreshed = self._refreshed, []
+        self._unwritten, self._refreshed = self._unwritten + self._refreshed, []
         assignment = self.consumer.assignment()
         committed = self.consumer.committed(assignment, timeout=10)
         for tp in committed:
@@ -359,6 +363,23 @@ class TransactionalLoop:
             key = (tp.topic, tp.partition)
             self._pending.pop(key, None)
             self._seen.pop(key, None)
+            if key in self._paused:  # its backlog is gone: read it again
+                self.consumer.resume([TopicPartition(tp.topic, tp.partition)])
+                self._paused.discard(key)
+
+    def _rewind_retrying(self, timeout_s: float = 60.0) -> None:
+        """``_rewind`` when a broker may be down: asking the committed offsets is retried
+        (the group coordinator may be the node that was lost) before the worker gives up."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._rewind()
+                return
+            except KafkaException as exc:
+                if time.monotonic() >= deadline or exc.args[0].fatal():
+                    raise
+                log.warning("committed offsets not answered yet, retrying: %s", exc.args[0])
+                time.sleep(RETRY_AFTER_S)
 
     # --- rebalance ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -447,7 +447,7 @@ def test_R17_log_record_validation() -> None:
     tracked = tracked_from_log_record(log_record(), "r1", partition=3, offset=42)
     assert (tracked.partition, tracked.offset, tracked.expires_at_ms) == (3, 42, DAY30)
     store = MemoryStore()
-    BookStore(store, 3).put(tracked)
+    BookStore(store, 3).put(tracked, tracked.expires_at_ms)
     assert all(b"secret" not in k + v for k, v in store.items())  # never content (R2)
     for bad, key in (
         (log_record(request_id=""), None),
@@ -470,8 +470,12 @@ def test_R4_R17_unreadable_log_value_still_expires_30_days_after_receipt() -> No
 def test_tracked_encoding_round_trips() -> None:
     t = Tracked("r|1", "org\x1f", "k", 1, 30, 5, 99, ("f1", "f2"), "c")
     store = BookStore(MemoryStore(), 5)
-    store.put(t)
+    store.put(t, t.expires_at_ms)
     assert store.get("r|1") == t
+    store.put(t)  # stored again (a review): keeps its due time
+    assert store.due(t.expires_at_ms, 10) == [(t.expires_at_ms, "r|1")]
+    with pytest.raises(ValueError, match="due time"):  # R4: never stored unscheduled
+        store.put(Tracked("r|2", "org", "k", 1, 30, 5, 100, (), "c"))
 
 
 # --- properties against a brute-force reference ------------------------------------------

@@ -162,3 +162,29 @@ class _ErrorMessage:
 
     def error(self) -> KafkaError:
         return self._error
+
+
+def test_R4_an_aborted_turns_punctuator_writes_are_in_hand_while_the_stores_restore() -> None:
+    """R4/R5: the runtime stages an aborted turn's punctuator writes (their changelog
+    records are among its unwritten outputs) into the stores it restores during the next
+    ``refresh``: they must be in hand then, or a deletion is decided and written again."""
+
+    class _Seeing(_Processor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[list[Output]] = []
+
+        def refresh(self) -> list[Output]:
+            self.seen.append(list(loop._unwritten))
+            return super().refresh()
+
+    processor = _Seeing()
+    loop, producer = _loop(processor, _Consumer([ConsumedRecord("requests", 0, 0, b"r-1", b"v")]))
+    producer.aborts = 1
+    loop.step()  # aborted
+    loop.step()
+    assert processor.seen == [
+        [],
+        [Output("dead-letters", "data-controls-0@7", b"bad control record")],
+    ]
+    assert producer.written.count(("dead-letters", "data-controls-0@7", b"bad control record")) == 1
