@@ -56,6 +56,19 @@ V = TypeVar("V")
 Derive = Callable[[bytes, bytes], Iterable[bytes]]
 
 
+def reindexed(
+    derive: Derive, key: bytes, old: bytes | None, new: bytes | None
+) -> list[tuple[bytes, bytes | None]]:
+    """The index writes of an entry going from ``old`` to ``new`` (None: absent), in order:
+    the old value's index entries removed, then the new one's written (empty values)."""
+    writes: list[tuple[bytes, bytes | None]] = []
+    if old is not None:
+        writes.extend((index, None) for index in derive(key, old))
+    if new is not None:
+        writes.extend((index, b"") for index in derive(key, new))
+    return writes
+
+
 class _Unread:
     """An entry's previous value not given (``KeyValueStore.put``): read when needed."""
 
@@ -125,15 +138,13 @@ class KeyValueStore(ABC):
     def _reindex(
         self, key: bytes, value: bytes | None, previous: bytes | None | _Unread = UNREAD
     ) -> None:
-        derive = self._derive
-        assert derive is not None
+        assert self._derive is not None
         old = self._get(key) if isinstance(previous, _Unread) else previous
-        if old is not None:
-            for index in derive(key, old):
+        for index, entry in reindexed(self._derive, key, old, value):
+            if entry is None:
                 self._delete(index)
-        if value is not None:
-            for index in derive(key, value):
-                self._put(index, b"")
+            else:
+                self._put(index, entry)
 
     @property
     def derive(self) -> Derive | None:
@@ -468,11 +479,7 @@ class DiskStore(KeyValueStore):
         current = dict(zip(keys, self._db.get([self._prefix + k for k in keys]), strict=True))
         out: list[tuple[bytes, bytes | None]] = []
         for key, value in changes:
-            old = current.get(key)
-            if old is not None:
-                out.extend((index, None) for index in derive(key, old))
-            if value is not None:
-                out.extend((index, b"") for index in derive(key, value))
+            out.extend(reindexed(derive, key, current.get(key), value))
             out.append((key, value))
             current[key] = value
         return out

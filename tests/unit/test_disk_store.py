@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kafka.state import DiskStores, MemoryStore
+from streams.kafka.state import DiskStores, KeyValueStore, MemoryStore
 
 NOW = 1_800_000_000_000
 Apply = Callable[[Sequence[tuple[bytes, bytes | None]]], None]
@@ -31,6 +31,15 @@ class Changelog:
         if self.records[start:]:
             apply(self.records[start:])
         return len(self.records)
+
+
+def write(key: bytes, value: bytes | None, *stores: KeyValueStore) -> None:
+    """The same write (None: a delete) to each store."""
+    for store in stores:
+        if value is None:
+            store.delete(key)
+        else:
+            store.put(key, value)
 
 
 def test_R4_writes_reach_the_disk_only_after_their_transaction_commits(tmp_path: Path) -> None:
@@ -120,11 +129,7 @@ def test_R4_range_scans_merge_pending_writes_and_the_disk_like_memory(
         disk = stores.open("s", 0, Changelog().replay, NOW)
         memory = MemoryStore()
         for key, value, commit in writes:
-            for store in (disk, memory):
-                if value is None:
-                    store.delete(key)
-                else:
-                    store.put(key, value)
+            write(key, value, disk, memory)
             if commit:
                 disk.committed()
         assert list(disk.range(start, end)) == list(memory.range(start, end))
@@ -198,11 +203,7 @@ def test_R4_R5_derived_index_entries_are_never_changelogged_and_come_back_on_res
         memory = MemoryStore()
         memory.indexed_by(by_value)
         for key, value, step in writes:
-            for store in (disk, memory):
-                if value is None:
-                    store.delete(key)
-                else:
-                    store.put(key, value)
+            write(key, value, disk, memory)
             changes = disk.take_changes()
             assert all(not k.startswith(b"i") for k in changes)
             assert changes == memory.take_changes()

@@ -46,16 +46,23 @@ def log_record(rid: str, days: int) -> dict[str, Any]:
     }
 
 
-def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None:
-    """R16: each deletion's audit record (expiry and contractual retention, R4/R7) decodes
-    to exactly what ``audit_record`` gives for it, byte for byte."""
+def _driven(now: list[int]) -> tuple[RetentionJob, JobDriver, Contracts]:
+    """The retention job of one partition, driven on the clock ``now[0]``."""
     config = PolicyConfig()
     topics = Topology()
     contracts = Contracts(registry_client(f"mock://retention-{uuid.uuid4().hex}"), topics)
     contracts.register_all()
-    now = [NOW]
     job = RetentionJob(RetentionSettings(config, topics, Path("unused")), contracts, 1)
     driver = JobDriver(job, contracts, PolicyAuditTrail(config), clock=lambda: now[0])
+    return job, driver, contracts
+
+
+def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None:
+    """R16: each deletion's audit record (expiry and contractual retention, R4/R7) decodes
+    to exactly what ``audit_record`` gives for it, byte for byte."""
+    now = [NOW]
+    job, driver, contracts = _driven(now)
+    config, topics = job.config, contracts.topics
     codec = contracts.codec("log_store")
     ids = [f"req-{i}" for i in range(6)]
     for i, rid in enumerate(ids):
@@ -119,16 +126,11 @@ class _Facts:
 def test_R4_R5_R6_a_stalled_facts_barrier_shows_in_the_facts_behind_gauge() -> None:
     """R4/R5/R6: deletions wait for the facts to be read to their published end (fail
     closed); how far that instant lags the clock is exported, to alert before the bound."""
-    config = PolicyConfig()
-    topics = Topology()
-    contracts = Contracts(registry_client(f"mock://retention-{uuid.uuid4().hex}"), topics)
-    contracts.register_all()
     now = [NOW]
-    job = RetentionJob(RetentionSettings(config, topics, Path("unused")), contracts, 1)
+    job, driver, _ = _driven(now)
     facts = _Facts()
     metrics = JobMetrics("retention")
     job._reader, job._metrics = facts, metrics  # type: ignore[assignment]
-    driver = JobDriver(job, contracts, PolicyAuditTrail(config), clock=lambda: now[0])
 
     def behind() -> float:
         text = metrics.exposition().decode()
