@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import marshal
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -43,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from streams.jobs.retention import BookStore, write_clock  # noqa: E402
 from streams.kafka.faust_app import partition_for  # noqa: E402
@@ -213,7 +215,9 @@ def wait_count(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> f
     raise TimeoutError(f"{topic}: fewer than {at_least} records after {timeout_s}s")
 
 
-def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, float]:
+def real(
+    bootstrap: str, registry: str | None, n: int, tmp: Path, tick_limit: int
+) -> dict[str, float]:
     topics = Topology(f"bench{uuid.uuid4().hex[:6]}.")
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topics)
     tag = uuid.uuid4().hex
@@ -233,7 +237,7 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         "STREAMS_CLOCK_FILE": str(clock),
         "STREAMS_STATE_DIR": str(state_dir),
         "STREAMS_TICK_S": "0.25",
-        "STREAMS_TICK_LIMIT": "20000",
+        "STREAMS_TICK_LIMIT": str(tick_limit),
     }
     log_path = tmp / "worker.log"
     worker = start_worker(env, log_path)
@@ -251,12 +255,7 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         started = time.perf_counter()
         for rid, value in values:
-            while True:
-                try:
-                    producer.produce(topics.log_store, key=rid, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            _produce(producer, topics.log_store, rid, value)
         producer.flush(120)
         del values
         tracked_at = wait_count(bootstrap, topics.audit, n, 900)
@@ -306,7 +305,102 @@ def real(bootstrap: str, registry: str | None, n: int, tmp: Path) -> dict[str, f
             worker.wait(10)
             print(f"worker did not stop on SIGTERM; see {log_path}", file=sys.stderr)
     result["baseline_per_s"] = baseline(bootstrap, test_url, n - n // 10)
+    result["track_baseline_per_s"] = tracking_baseline(bootstrap, test_url, n)
     return result
+
+
+def tracking_baseline(bootstrap: str, registry_url: str, n: int) -> float:
+    """Tracking's ceiling here: a plain consumer reads the same log-store records (written
+    meanwhile, as in the job's run), decodes each with the same projection and writes what
+    the job writes per tracked record, an audit record and a state changelog row (acks=all,
+    no transaction, no state). Same run, same broker."""
+    from streams.jobs.retention import TRACKED_FIELDS
+
+    base_topics = Topology(f"bench-track{uuid.uuid4().hex[:6]}.")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ensure_topics(admin, base_topics)
+    contracts = Contracts(registry_client(registry_url), base_topics)
+    codec = contracts.codec("log_store")
+    projection = codec.projection(TRACKED_FIELDS)
+    audit_codec = contracts.codec("audit")
+    values = [
+        (rid, codec.encode(log_record(rid, T0 + i % 1000)))
+        for i in range(n)
+        for rid in (f"req-{uuid.UUID(int=i).hex}",)
+    ]
+    changelog = base_topics.prefix + "changelog"
+    admin.create_topics([NewTopic(changelog, PARTITIONS, 1)])[changelog].result(30)
+
+    def feed() -> None:
+        feeder = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+        for rid, value in values:
+            _produce(feeder, base_topics.log_store, rid, value)
+        feeder.flush(120)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([base_topics.log_store])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    feeding = threading.Thread(target=feed)
+    started = time.perf_counter()
+    feeding.start()
+    seen = 0
+    while seen < n:
+        for message in consumer.consume(5000, 0.5):
+            if message.error() is not None or message.value() is None:
+                continue
+            record = projection.decode(message.value())
+            rid = record["request_id"]
+            row = (
+                record["org_id"],
+                record["api_key_id"],
+                record["created_at_ms"],
+                record["retention_days"],
+                message.offset(),
+                (),
+                record["consent_version"],
+                0,
+            )
+            _produce(
+                producer, changelog, b"r" + rid.encode(), marshal.dumps(row), message.partition()
+            )
+            audit = audit_record(
+                job="bench",
+                source=Source(base_topics.log_store, message.partition(), message.offset()),
+                subject_id=rid,
+                subject_kind="log_record",
+                org_id=record["org_id"],
+                routes=["retained"],
+                rule_ids=["R4"],
+                reasons=[f"R4: retained until {record['created_at_ms'] + 30 * DAY_MS}"],
+                consent_version=record["consent_version"],
+                policy_version="bench",
+                decided_at_ms=T0,
+            )
+            _produce(producer, base_topics.audit, rid, audit_codec.encode(audit))
+            seen += 1
+    producer.flush(120)
+    elapsed = time.perf_counter() - started
+    feeding.join()
+    consumer.close()
+    return n / elapsed
+
+
+def _produce(
+    producer: Producer, topic: str, key: str | bytes, value: bytes | None, partition: int = -1
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, partition=partition)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 def baseline(bootstrap: str, registry_url: str, n: int) -> float:
@@ -319,12 +413,7 @@ def baseline(bootstrap: str, registry_url: str, n: int) -> float:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
 
     def produce(topic: str, key: str, value: bytes | None, partition: int = -1) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, partition=partition)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        _produce(producer, topic, key, value, partition)
 
     started = time.perf_counter()
     for i in range(n):
@@ -384,6 +473,12 @@ def main() -> None:
     parser.add_argument("--tracked", type=int, default=10_000_000)
     parser.add_argument("--baseline", type=int, default=1_000_000)
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument(
+        "--tick-limit",
+        type=int,
+        default=20_000,
+        help="the worker's deletions per partition and turn",
+    )
     parser.add_argument("--skip-state", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()
@@ -419,9 +514,16 @@ def main() -> None:
             from streams.infra.broker import LocalKafka
 
             bootstrap = stack.enter_context(LocalKafka()).bootstrap_servers
-        r = real(bootstrap, os.environ.get("SCHEMA_REGISTRY_URL"), args.records, tmp)
+        r = real(
+            bootstrap, os.environ.get("SCHEMA_REGISTRY_URL"), args.records, tmp, args.tick_limit
+        )
     print(f"real job (worker process, local broker), {r['records']:,.0f} records")
     print(f"  tracking (log store -> audit) {r['track_per_s']:10,.0f} records/s")
+    print(
+        f"  baseline plain consume+produce {r['track_baseline_per_s']:9,.0f} records/s"
+        f" (decode, audit + changelog row each): ratio"
+        f" {r['track_per_s'] / r['track_baseline_per_s']:.2f}"
+    )
     print(
         f"  worker RSS                    {r['worker_rss_mb']:10,.0f} MB"
         f" ({r['worker_rss_growth_per_record']:.0f} B per tracked record)"
