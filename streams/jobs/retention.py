@@ -148,7 +148,10 @@ _TIME = struct.Struct(">Q")
 
 
 def _ms(value: int) -> bytes:
-    return _TIME.pack(min(max(value, 0), 2**64 - 1))
+    try:
+        return _TIME.pack(value)
+    except struct.error:  # out of range: clamped (a time before 1970 or past 2554)
+        return _TIME.pack(min(max(value, 0), 2**64 - 1))
 
 
 def _org_key(org_id: str, created_at_ms: int, request_id: bytes) -> bytes:
@@ -199,6 +202,9 @@ class BookStore:
         self.partition = partition
         # The row read or written last: a record is read, then written (one disk read).
         self._last: tuple[bytes, bytes | None] | None = None
+        # Held records are rare (only a hold parks one): while a partition has none, the
+        # sweep and tracking need not look each record up in the store to know it.
+        self._may_park = next(iter(kv.range(b"h", b"i")), None) is not None
 
     def _row(self, key: bytes) -> bytes | None:
         last = self._last
@@ -285,15 +291,16 @@ class BookStore:
         return entries
 
     def park(self, request_id: str, hold_ids: tuple[str, ...]) -> None:
+        self._may_park = True
         self.kv.put(b"h" + request_id.encode(), json.dumps(hold_ids).encode())
 
     def unpark(self, request_id: str) -> None:
         key = b"h" + request_id.encode()
-        if key in self.kv:  # a tombstone in the changelog only for a record that was held
+        if self._may_park and key in self.kv:  # a changelog tombstone only if it was held
             self.kv.delete(key)
 
     def is_parked(self, request_id: str) -> bool:
-        return b"h" + request_id.encode() in self.kv
+        return self._may_park and b"h" + request_id.encode() in self.kv
 
     def parked(self) -> list[str]:
         return [key[1:].decode() for key, _ in self.kv.range(b"h", b"i")]

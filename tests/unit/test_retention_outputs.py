@@ -1,6 +1,7 @@
 """The retention job driven without a broker: its audit records of deletions, which it
 splices (the outcome fields of every deletion of a kind encoded once), against
-``audit_record`` applied directly (R16); and the facts barrier's gauge."""
+``audit_record`` applied directly (R16); its deletion events against the contract; and the
+facts barrier's gauge."""
 
 from __future__ import annotations
 
@@ -101,6 +102,40 @@ def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None
             decision_suffix=f"/delete/{rid}",
         )
         assert written[rid] == audit.encode(expected)
+
+
+def test_R4_R7_deletion_events_are_the_contract_s_records() -> None:
+    """R4/R7: each deletion event is byte for byte the contract's encoding of the event,
+    with the reason and rules of its kind of deletion."""
+    now = [NOW]
+    job, driver, contracts = _driven(now)
+    codec = contracts.codec("log_store")
+    ids = [f"req-{i}" for i in range(6)]
+    for rid in ids:
+        days = 30 + int(rid[-1]) % 2
+        driver.process("log_store", rid.encode(), codec.encode(log_record(rid, days)))
+    driver.commit()
+    now[0] = NOW + 40 * DAY_MS
+    job.facts_complete_ms = now[0]
+    events = contracts.codec("deletion_events")
+    written = {
+        out.key: out.value
+        for out in driver.punctuate()
+        if out.topic == contracts.topics.deletion_events and isinstance(out.value, bytes)
+    }
+    assert sorted(written) == sorted(ids)
+    for rid in ids:
+        contract = int(rid[-1]) % 2 == 1
+        expected = {
+            "request_id": rid,
+            "org_id": "org-1",
+            "reason": "CONTRACT_RETENTION_EXPIRED" if contract else "EXPIRED",
+            "rule_ids": ["R4", "R7"] if contract else ["R4"],
+            "deleted_at_ms": now[0],
+            "policy_version": job.config.policy_version,
+        }
+        assert written[rid] == events.encode(expected)
+        assert events.decode(written[rid]) == expected
 
 
 class _Ends:
