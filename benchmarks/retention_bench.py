@@ -14,10 +14,13 @@ Two parts, one run:
    (default 200,000): tracking rate end to end (log store in, audit out), worker RSS,
    restart after SIGKILL with its disk (time to its first expiry), restart with its disk
    lost (restore from the changelog), and expiries/s when every record falls due at once.
-   Baseline in the same run: a plain confluent-kafka produce of the same output records
-   (tombstone + deletion event + audit record per expiry).
+   Baselines in the same run: a plain confluent-kafka produce of the same output records
+   (tombstone + deletion event + audit record per expiry), and for tracking a plain
+   consumer that decodes the same log-store records and writes an audit record and a
+   changelog row for each.
 
     .venv/bin/python benchmarks/retention_bench.py [--tracked 10000000] [--records 200000]
+        [--tick-limit 20000] [--skip-state] [--skip-real]
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` when set, otherwise starts the
 project's local broker and gives the worker and this script twin in-memory registries.
