@@ -111,9 +111,15 @@ def test_R4_R7_deletion_events_are_the_contract_s_records() -> None:
     job, driver, contracts = _driven(now)
     codec = contracts.codec("log_store")
     ids = [f"req-{i}" for i in range(6)]
+    audit = contracts.codec("audit")
     for rid in ids:
         days = 30 + int(rid[-1]) % 2
-        driver.process("log_store", rid.encode(), codec.encode(log_record(rid, days)))
+        outputs = driver.process("log_store", rid.encode(), codec.encode(log_record(rid, days)))
+        assert outputs is not None
+        (tracked,) = [o.value for o in outputs if o.topic == contracts.topics.audit]
+        assert isinstance(tracked, bytes)  # R16: the "retained until" record, as a whole encode
+        assert audit.decode(tracked)["routes"] == ["retained"]
+        assert audit.encode(audit.decode(tracked)) == tracked
     driver.commit()
     now[0] = NOW + 40 * DAY_MS
     job.facts_complete_ms = now[0]
