@@ -101,6 +101,7 @@ from streams.policy.retention import (
     RetentionBook,
     Review,
     Tracked,
+    fact_key,
     tracked_from_log_record,
     untrusted_tracked,
 )
@@ -526,7 +527,11 @@ class RetentionJob:
         self._control_codecs = {
             self.topics.name(f): (_OPS[f], contracts.codec(f)) for f in _CONTROL_FIELDS
         }
+        # Every fact read, in order, once per ``fact_key``: a book applies the first fact of
+        # a key and never a later one (``RetentionBook.has_applied``), so a repeat (a flag
+        # published again) is left out and the list stays as long as the distinct facts.
         self.facts: list[Fact] = []
+        self._fact_keys: set[str] = set()
         self._reader: CompactedReader | None = None
         self._ends: PendingEnds | None = None
         self._asked_at = 0  # the job's clock when the pending end offsets were asked
@@ -592,7 +597,13 @@ class RetentionJob:
 
     def _on_fact(self, message: Message) -> None:
         op, codec = self._control_codecs[str(message.topic())]
-        self.facts.append(fact_of(codec, op, message))
+        fact = fact_of(codec, op, message)
+        if fact.fact is not None:
+            key = fact_key(fact.fact)
+            if key in self._fact_keys:
+                return
+            self._fact_keys.add(key)
+        self.facts.append(fact)
 
     def book(self, ctx: Context, partition: int) -> _Partition:
         """The book of ``partition`` (built from its store's facts on first use)."""

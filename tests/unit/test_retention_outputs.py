@@ -12,7 +12,7 @@ from typing import Any
 from streams.jobs.retention import RetentionJob, RetentionSettings
 from streams.jobs.wiring import PolicyAuditTrail
 from streams.kafka.metrics import JobMetrics
-from streams.kafka.runtime import JobDriver
+from streams.kafka.runtime import ConsumedRecord, JobDriver
 from streams.kafka.serde import Contracts, registry_client
 from streams.kafka.topics import Topology
 from streams.policy.audit import Source, audit_record
@@ -142,6 +142,42 @@ def test_R4_R7_deletion_events_are_the_contract_s_records() -> None:
         }
         assert written[rid] == events.encode(expected)
         assert events.decode(written[rid]) == expected
+
+
+def test_R5_a_fact_published_again_is_kept_once() -> None:
+    """R5: a flag published again (same flag, same action) is read but not kept twice:
+    every book applies the first fact of a key only, so the job's list of facts stays as
+    long as the distinct facts; an invalid control record is kept each time (R17)."""
+    job, _, contracts = _driven([NOW])
+    topic = contracts.topics.misuse_flags
+    codec = contracts.codec("misuse_flags")
+
+    def flag(action: str, at: int) -> dict[str, Any]:
+        return {
+            "flag_id": "flag-1",
+            "action": action,
+            "scope": "ORG",
+            "org_id": "org-1",
+            "request_id": None,
+            "api_key_id": None,
+            "window_start_ms": None,
+            "window_end_ms": None,
+            "reason": "abuse",
+            "at_ms": at,
+        }
+
+    values = [
+        codec.encode(flag("RAISE", NOW)),
+        codec.encode(flag("RAISE", NOW)),  # published again
+        codec.encode(flag("RELEASE", NOW + 1)),
+        codec.encode(flag("RAISE", NOW + 2)),  # after its release: ignored by every book
+        b"not avro",
+        b"not avro",
+    ]
+    for offset, value in enumerate(values):
+        job._on_fact(ConsumedRecord(topic, 0, offset, b"flag-1", value))  # type: ignore[arg-type]
+    kept = [(f.source.offset, f.fact is not None) for f in job.facts]
+    assert kept == [(0, True), (2, True), (4, False), (5, False)]
 
 
 class _Ends:
