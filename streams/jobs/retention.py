@@ -151,7 +151,7 @@ _TIME = struct.Struct(">Q")
 def _ms(value: int) -> bytes:
     try:
         return _TIME.pack(value)
-    except struct.error:  # out of range: clamped (a time before 1970 or past 2554)
+    except struct.error:  # out of range (before 1970, or past 64 bits): clamped
         return _TIME.pack(min(max(value, 0), 2**64 - 1))
 
 

@@ -1,7 +1,7 @@
 """The retention job driven without a broker: its audit records of deletions, which it
 splices (the outcome fields of every deletion of a kind encoded once), against
-``audit_record`` applied directly (R16); its deletion events against the contract; and the
-facts barrier's gauge."""
+``audit_record`` applied directly (R16); its tracking audits and deletion events against
+the contract; the facts it keeps; and the facts barrier's gauge."""
 
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ def test_R4_R7_R16_deletion_audits_are_the_audit_records_of_the_policy() -> None
         assert written[rid] == audit.encode(expected)
 
 
-def test_R4_R7_deletion_events_are_the_contract_s_records() -> None:
-    """R4/R7: each deletion event is byte for byte the contract's encoding of the event,
-    with the reason and rules of its kind of deletion."""
+def test_R4_R7_R16_tracking_audits_and_deletion_events_are_the_contract_s_records() -> None:
+    """R4/R7/R16: each tracked record's audit record and each deletion event are byte for
+    byte the contract's encodings, the event with the reason and rules of its kind."""
     now = [NOW]
     job, driver, contracts = _driven(now)
     codec = contracts.codec("log_store")
