@@ -57,8 +57,13 @@ def test_a_person_explains_a_request_in_the_browser_R16(
     """Type the id, submit, read routes and rules, follow R2 to its text in the policy."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as arrived
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
+    # A click that submits or follows a link returns before the next page is there
+    # (a clean-clone CI run found no ".routes" yet): wait for what the page must show.
+    wait = WebDriverWait(browser, 15)
     record = audit_decision("r-zdr", rules=("R2", "R3"))
     stack.produce("audit", [("r-zdr", record)])
     explain(service, "r-zdr")  # indexed
@@ -67,12 +72,12 @@ def test_a_person_explains_a_request_in_the_browser_R16(
     field = browser.find_element(By.ID, "id")
     field.send_keys("r-zdr")
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    routes = browser.find_element(By.CLASS_NAME, "routes")
+    routes = wait.until(arrived.presence_of_element_located((By.CLASS_NAME, "routes")))
     assert routes.text == "usage"
     links = browser.find_elements(By.CSS_SELECTOR, "section.decision a")
     assert [link.text for link in links] == ["R2", "R3"]
     assert browser.find_element(By.TAG_NAME, "time").text.endswith("Z")
     links[0].click()
-    assert browser.current_url == service + "/policy#r2"
-    rule = browser.find_element(By.ID, "r2")
+    wait.until(arrived.url_to_be(service + "/policy#r2"))
+    rule = wait.until(arrived.presence_of_element_located((By.ID, "r2")))
     assert "Zero data retention" in rule.text
