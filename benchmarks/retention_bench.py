@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from streams.jobs.retention import BookStore, write_clock  # noqa: E402
+from streams.jobs.retention import TRACKED_FIELDS, BookStore, write_clock  # noqa: E402
 from streams.kafka.faust_app import partition_for  # noqa: E402
 from streams.kafka.serde import Contracts, registry_client  # noqa: E402
 from streams.kafka.state import DiskStores, KeyValueStore, MemoryStore  # noqa: E402
@@ -317,8 +317,6 @@ def tracking_baseline(bootstrap: str, registry_url: str, n: int) -> float:
     meanwhile, as in the job's run), decodes each with the same projection and writes what
     the job writes per tracked record, an audit record and a state changelog row (acks=all,
     no transaction, no state). Same run, same broker."""
-    from streams.jobs.retention import TRACKED_FIELDS
-
     base_topics = Topology(f"bench-track{uuid.uuid4().hex[:6]}.")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     ensure_topics(admin, base_topics)
